@@ -1,0 +1,5 @@
+import sys
+
+from p3m.cli import main
+
+sys.exit(main())

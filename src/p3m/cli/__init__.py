@@ -1,0 +1,51 @@
+"""The ``p3m`` command: a thin layer that maps options onto the library.
+
+Each subcommand lives in its own module with ``add_parser(subparsers)``, which
+registers its options and sets ``handler(args) -> int`` (the exit status).
+Heavy imports (torch, onnxruntime) happen inside handlers, so ``p3m --version``
+and ``p3m --help`` stay fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from p3m import __version__
+
+SUBCOMMANDS = ("matte", "weights", "anonymize", "evaluate", "dataset", "train")
+
+
+class CommandError(Exception):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="p3m", description="Privacy-preserving portrait matting (P3M-Net).")
+    parser.add_argument("--version", action="version", version=f"p3m {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"p3m.cli.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"p3m.cli.{name}":
+                raise
+            continue
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except CommandError as error:
+        print(f"p3m {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("p3m: interrupted", file=sys.stderr)
+        return 130

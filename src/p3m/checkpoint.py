@@ -1,0 +1,121 @@
+"""Loading and saving P3M-Net weights in the official checkpoint format.
+
+Official files are ``{"state_dict": {...}}`` (p3m also accepts a bare state
+dict and keys prefixed ``module.``, as written by ``DataParallel``). Loading is
+safe (``weights_only=True``) and strict: any missing, unexpected or misshapen
+key is one :class:`CheckpointError` naming the file, a few keys and the
+likely cause.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping, Union
+
+import torch
+from torch import nn
+
+from p3m.io import atomic_write
+from p3m.models.registry import ModelSpec, get_spec, list_models
+
+PathLike = Union[str, os.PathLike]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used; the message names the file and the problem."""
+
+
+def read_checkpoint(path: PathLike) -> dict[str, Any]:
+    """Read a checkpoint file safely (tensors and plain containers only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt download?): {first_line}"
+        ) from None
+    if not isinstance(content, Mapping):
+        raise CheckpointError(f"{path}: expected a state dict, found {type(content).__name__}")
+    return dict(content)
+
+
+def official_state_dict(content: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The parameter dict of a checkpoint: ``content["state_dict"]`` or the content itself,
+    with any ``module.`` prefix removed."""
+    state = content.get("state_dict", content)
+    if not isinstance(state, Mapping):
+        raise ValueError("the checkpoint's 'state_dict' is not a mapping")
+    tensors = {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
+    if tensors and all(key.startswith("module.") for key in tensors):
+        tensors = {key[len("module."):]: value for key, value in tensors.items()}
+    return tensors
+
+
+def _examples(keys: set[str], count: int = 3) -> str:
+    ordered = sorted(keys)
+    shown = ", ".join(ordered[:count])
+    return shown + (f", ... (+{len(ordered) - count})" if len(ordered) > count else "")
+
+
+def _likely_variant(official: Mapping[str, torch.Tensor], expected: ModelSpec) -> str:
+    for name in list_models():
+        spec = get_spec(name)
+        if spec.name != expected.name and spec.signature_key in official:
+            return f"; it looks like a '{spec.name}' checkpoint (use model '{spec.name}')"
+    if not official:
+        return "; the file holds no tensors"
+    return "; it is not a P3M-Net checkpoint of a known variant"
+
+
+def load_weights(model: nn.Module, path: PathLike, model_name: str) -> nn.Module:
+    """Load an official-format checkpoint into ``model`` strictly.
+
+    Raises:
+        CheckpointError: unreadable file, or keys/shapes that do not match the variant.
+    """
+    spec = get_spec(model_name)
+    path = Path(path)
+    try:
+        official = official_state_dict(read_checkpoint(path))
+    except ValueError as error:
+        if isinstance(error, CheckpointError):
+            raise
+        raise CheckpointError(f"{path}: {error}") from None
+    expected = spec.to_official(model.state_dict())
+    missing = {key for key in set(expected) - set(official) if not spec.optional_key(key)}
+    unexpected = {key for key in set(official) - set(expected) if not spec.optional_key(key)}
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys ({_examples(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys ({_examples(unexpected)})")
+        raise CheckpointError(
+            f"{path}: not a '{spec.name}' checkpoint: {'; '.join(parts)}{_likely_variant(official, spec)}"
+        )
+    misshapen = {key for key in expected if key in official and official[key].shape != expected[key].shape}
+    if misshapen:
+        key = sorted(misshapen)[0]
+        raise CheckpointError(
+            f"{path}: {len(misshapen)} tensors have the wrong shape for '{spec.name}' "
+            f"(e.g. {key}: {tuple(official[key].shape)} in the file, {tuple(expected[key].shape)} expected)"
+        )
+    model.load_state_dict(spec.from_official(official), strict=True)
+    return model
+
+
+def save_weights(model: nn.Module, path: PathLike, model_name: str, extra: Mapping[str, Any] | None = None) -> Path:
+    """Write ``{"state_dict": <official keys>, **extra}`` atomically.
+
+    The official code reads such a file with ``load_state_dict(ckpt["state_dict"], strict=True)``.
+    """
+    spec = get_spec(model_name)
+    official = {key: value.detach().cpu() for key, value in spec.to_official(model.state_dict()).items()
+                if not spec.optional_key(key)}
+    content = {"state_dict": official, **(extra or {})}
+    return atomic_write(path, lambda tmp: torch.save(content, tmp))

@@ -1,0 +1,106 @@
+"""The P3M-Net dual decoder (semantic + matting) and the global/local fusion.
+
+One implementation serves every encoder: the encoder hands over
+:class:`~p3m.models.features.EncoderFeatures`, and a :class:`DecoderSpec`
+gives the channel widths, which differ between the ResNet-34 and ViTAE-S
+variants of the official model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from p3m.models.features import EncoderFeatures, P3MOutput
+from p3m.models.layers import DBFI, SBFI, TFI, conv_stack, upsample
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    """Channel widths of the five decoder stages (deepest first).
+
+    ``semantic[i]`` / ``matting[i]`` list the channels through the three convs of
+    ``decoder{4-i}_g`` / ``decoder{4-i}_l``. The last semantic stage ends in
+    logits: its last conv has no BN/ReLU and either gives 3 channels (ResNet-34) or
+    ``semantic_head`` adds a final 3x3 conv ``decoder_final_g`` (ViTAE-S).
+    ``stem_channels`` is the width of ``EncoderFeatures.stem`` (for sBFI).
+    """
+
+    semantic: tuple[tuple[int, ...], ...]
+    matting: tuple[tuple[int, ...], ...]
+    stem_channels: int
+    semantic_head: bool = False
+    deep_channels: int = 512
+
+
+def fuse(global_logits: torch.Tensor, local_alpha: torch.Tensor) -> torch.Tensor:
+    """Fusion of the official model: argmax background -> 0, foreground -> 1, transition -> local.
+
+    Args:
+        global_logits: (N, 3, H, W) logits, channels background / transition / foreground.
+        local_alpha: (N, 1, H, W) in [0, 1].
+
+    Returns:
+        (N, 1, H, W) fused alpha in [0, 1].
+    """
+    region = global_logits.argmax(dim=1, keepdim=True)
+    return torch.where(region == 1, local_alpha, (region == 2).to(local_alpha.dtype))
+
+
+class DualDecoder(nn.Module):
+    """Semantic decoder (bilinear upsampling, dBFI side outputs) and matting decoder
+    (max-unpooling with the encoder's indices, TFI at four levels, sBFI at three)."""
+
+    def __init__(self, spec: DecoderSpec):
+        super().__init__()
+        self.spec = spec
+        for level, channels in zip(range(4, -1, -1), spec.semantic):
+            setattr(self, f"decoder{level}_g", conv_stack(list(channels), plain_last=level == 0))
+        for level, channels in zip(range(4, -1, -1), spec.matting):
+            setattr(self, f"decoder{level}_l", conv_stack(list(channels)))
+        if spec.semantic_head:
+            self.decoder_final_g = nn.Conv2d(spec.semantic[-1][-1], 3, 3, padding=1)
+        self.decoder_final_l = nn.Conv2d(spec.matting[-1][-1], 1, 3, padding=1)
+
+        widths = [stage[-1] for stage in spec.semantic]  # outputs of decoder4_g .. decoder0_g
+        self.tfi_3 = TFI(widths[0])
+        self.tfi_2 = TFI(widths[1])
+        self.tfi_1 = TFI(widths[2])
+        self.tfi_0 = TFI(widths[3])
+        self.sbfi_2 = SBFI(widths[1], spec.stem_channels, 8)
+        self.sbfi_1 = SBFI(widths[2], spec.stem_channels, 4)
+        self.sbfi_0 = SBFI(widths[3], spec.stem_channels, 2)
+        self.dbfi_2 = DBFI(widths[1], spec.deep_channels, 4)
+        self.dbfi_1 = DBFI(widths[2], spec.deep_channels, 8)
+        self.dbfi_0 = DBFI(widths[3], spec.deep_channels, 16)
+
+    def forward(self, features: EncoderFeatures) -> P3MOutput:
+        stem, (skip1, skip2, skip3, skip4), deepest, (idx0, idx1, idx2, idx3, idx4) = features
+
+        # Semantic decoder: 1/32 -> 1/1, bilinear upsampling.
+        d4_g = upsample(self.decoder4_g(deepest), 2)
+        d3_g = upsample(self.decoder3_g(d4_g), 2)
+        d2_g, side2 = self.dbfi_2(d3_g, deepest)
+        d2_g = upsample(self.decoder2_g(d2_g), 2)
+        d1_g, side1 = self.dbfi_1(d2_g, deepest)
+        d1_g = upsample(self.decoder1_g(d1_g), 2)
+        d0_g, side0 = self.dbfi_0(d1_g, deepest)
+        global_logits = upsample(self.decoder0_g(d0_g), 2)
+        if self.spec.semantic_head:
+            global_logits = self.decoder_final_g(global_logits)
+
+        # Matting decoder: 1/32 -> 1/1, max-unpooling with the encoder's indices.
+        d4_l = F.max_unpool2d(self.decoder4_l(deepest), idx4, kernel_size=2, stride=2)
+        d3_l = self.decoder3_l(self.tfi_3(d4_g, d4_l, skip4))
+        d3_l = F.max_unpool2d(d3_l, idx3, kernel_size=2, stride=2)
+        d2_l = self.sbfi_2(self.tfi_2(d3_g, d3_l, skip3), stem)
+        d2_l = F.max_unpool2d(self.decoder2_l(d2_l), idx2, kernel_size=2, stride=2)
+        d1_l = self.sbfi_1(self.tfi_1(d2_g, d2_l, skip2), stem)
+        d1_l = F.max_unpool2d(self.decoder1_l(d1_l), idx1, kernel_size=2, stride=2)
+        d0_l = self.sbfi_0(self.tfi_0(d1_g, d1_l, skip1), stem)
+        d0_l = F.max_unpool2d(self.decoder0_l(d0_l), idx0, kernel_size=2, stride=2)
+        local_alpha = torch.sigmoid(self.decoder_final_l(d0_l))
+
+        return P3MOutput(global_logits, local_alpha, fuse(global_logits, local_alpha), (side2, side1, side0))

@@ -1,0 +1,27 @@
+"""P3M-Net: a shared encoder feeding the dual decoder."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from p3m.models.decoder import DecoderSpec, DualDecoder
+from p3m.models.features import P3MOutput
+
+
+class P3MNet(nn.Module):
+    """P3M-Net for any encoder that returns :class:`~p3m.models.features.EncoderFeatures`.
+
+    ``forward`` takes a (N, 3, H, W) ImageNet-normalised image, H and W multiples
+    of 32, and returns :class:`~p3m.models.features.P3MOutput`.
+    """
+
+    def __init__(self, encoder: nn.Module, decoder_spec: DecoderSpec):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = DualDecoder(decoder_spec)
+
+    def forward(self, image: torch.Tensor) -> P3MOutput:
+        height, width = image.shape[-2:]
+        if height % 32 or width % 32:
+            raise ValueError(f"P3M-Net needs sides that are multiples of 32, got {height}x{width}")
+        return self.decoder(self.encoder(image))

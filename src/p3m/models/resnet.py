@@ -1,0 +1,145 @@
+"""ResNet-34 max-pool encoder of P3M-Net (ACM MM 2021) and its registry entry.
+
+Unlike torchvision's ResNet-34, conv1 has stride 1 and every downsampling is
+one of five 3x3/2 max-pools whose indices the matting decoder unpools with;
+layers 2-4 keep stride 1.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from p3m.models.decoder import DecoderSpec
+from p3m.models.features import EncoderFeatures
+from p3m.models.layers import conv1x1, conv3x3
+from p3m.models.p3mnet import P3MNet
+from p3m.models.registry import ModelSpec, PretrainedWeights, StateDict, register_model
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_channels: int, channels: int):
+        super().__init__()
+        self.conv1 = conv3x3(in_channels, channels)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = conv3x3(channels, channels)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.downsample = (
+            nn.Sequential(conv1x1(in_channels, channels), nn.BatchNorm2d(channels)) if in_channels != channels else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + identity)
+
+
+def _pool(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return F.max_pool2d(x, kernel_size=3, stride=2, padding=1, return_indices=True)
+
+
+class ResNet34MaxPoolEncoder(nn.Module):
+    """ResNet-34 with stride-1 convolutions and five indexed max-pools.
+
+    Returns, for a (N, 3, H, W) input: stem (N, 64, H, W); skips at 1/2, 1/4,
+    1/8, 1/16 with 64, 64, 128, 256 channels; deepest (N, 512, H/32, W/32).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=1, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        widths, depths = (64, 128, 256, 512), (3, 4, 6, 3)
+        in_channels = 64
+        for number, (channels, depth) in enumerate(zip(widths, depths), start=1):
+            blocks = [BasicBlock(in_channels if i == 0 else channels, channels) for i in range(depth)]
+            setattr(self, f"layer{number}", nn.Sequential(*blocks))
+            in_channels = channels
+        # The ImageNet classifier is unused by P3M-Net; it is kept, frozen, only
+        # because official checkpoints carry it and official code loads strictly.
+        self.fc = nn.Linear(512, 1000).requires_grad_(False)
+
+    def forward(self, image: torch.Tensor) -> EncoderFeatures:
+        e0 = F.relu(self.bn1(self.conv1(image)))
+        e0p, idx0 = _pool(e0)
+        e1p, idx1 = _pool(e0p)
+        e1 = self.layer1(e1p)
+        e2p, idx2 = _pool(e1)
+        e2 = self.layer2(e2p)
+        e3p, idx3 = _pool(e2)
+        e3 = self.layer3(e3p)
+        e4p, idx4 = _pool(e3)
+        e4 = self.layer4(e4p)
+        return EncoderFeatures(e0, (e0p, e1, e2, e3), e4, (idx0, idx1, idx2, idx3, idx4))
+
+
+RESNET34_DECODER = DecoderSpec(
+    semantic=((512, 512, 512, 256), (256, 256, 256, 128), (128, 128, 128, 64), (64, 64, 64, 64), (64, 64, 64, 3)),
+    matting=((512, 512, 512, 256), (256, 256, 256, 128), (128, 128, 128, 64), (64, 64, 64, 64), (64, 64, 64)),
+    stem_channels=64,
+)
+
+# The official model registers its encoder twice: as `resnet.*` and, through
+# nn.Sequential wrappers, as `encoder0.*` ... `encoder4.*` (same tensors).
+_OFFICIAL_ALIASES = (
+    ("conv1.", "encoder0.0."),
+    ("bn1.", "encoder0.1."),
+    ("layer1.", "encoder1.0."),
+    ("layer2.", "encoder2."),
+    ("layer3.", "encoder3."),
+    ("layer4.", "encoder4."),
+)
+
+
+def resnet34_to_official(state: StateDict) -> StateDict:
+    official = {}
+    for key, value in state.items():
+        if key.startswith("encoder."):
+            name = key[len("encoder."):]
+            official["resnet." + name] = value
+        else:
+            official[key[len("decoder."):]] = value
+    for key, value in state.items():
+        if not key.startswith("encoder."):
+            continue
+        name = key[len("encoder."):]
+        for own, alias in _OFFICIAL_ALIASES:
+            if name.startswith(own):
+                official[alias + name[len(own):]] = value
+    return official
+
+
+def resnet34_from_official(official: StateDict) -> StateDict:
+    """Inverse of :func:`resnet34_to_official`. Where an alias and its ``resnet.``
+    key disagree, the alias wins, as in the official ``load_state_dict`` order."""
+    state = {}
+    for key, value in official.items():
+        if key.startswith("resnet."):
+            state.setdefault("encoder." + key[len("resnet."):], value)
+        elif key.split(".")[0] in {"encoder0", "encoder1", "encoder2", "encoder3", "encoder4"}:
+            for own, alias in _OFFICIAL_ALIASES:
+                if key.startswith(alias):
+                    state["encoder." + own + key[len(alias):]] = value
+        else:
+            state["decoder." + key] = value
+    return state
+
+
+def build_resnet34() -> P3MNet:
+    return P3MNet(ResNet34MaxPoolEncoder(), RESNET34_DECODER)
+
+
+register_model(
+    ModelSpec(
+        name="resnet34",
+        build=build_resnet34,
+        to_official=resnet34_to_official,
+        from_official=resnet34_from_official,
+        signature_key="resnet.conv1.weight",
+        weights=PretrainedWeights(
+            file_name="p3mnet_pretrained_on_p3m10k.pth",
+            google_drive_id="1smX2YQGIpzKbfwDYHAwete00a_YMwoG1",
+        ),
+        description="P3M-Net, ResNet-34 max-pool encoder (ACM MM 2021), trained on P3M-10k",
+    )
+)

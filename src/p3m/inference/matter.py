@@ -1,0 +1,134 @@
+"""``Matter``: the one inference entry point used by the Python API and the CLI."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from p3m.checkpoint import load_weights
+from p3m.inference.pipeline import STRATEGIES, Method, smallest_supported_side
+from p3m.io import ImageInput, ImageReadError, read_image
+from p3m.models.registry import get_spec
+from p3m.weights import resolve
+
+# The official sample script shrinks images whose shorter side exceeds this (cv2, bilinear)
+# before inference and resizes the alpha back; p3m does the same by default.
+OFFICIAL_SHORTER_SIDE_LIMIT = 1080
+
+
+@dataclass(frozen=True)
+class MatteResult:
+    """The matte of one image.
+
+    image:  (H, W, 3) uint8 RGB, as read (EXIF orientation applied).
+    alpha:  (H, W) float32 in [0, 1].
+    trimap: (H, W) uint8 in {0, 128, 255}, the global (semantic) prediction.
+    """
+
+    image: np.ndarray
+    alpha: np.ndarray
+    trimap: np.ndarray
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU."""
+    if str(device) != "auto":
+        resolved = torch.device(device)
+        if resolved.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but CUDA is not available")
+        if resolved.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError("device 'mps' requested but MPS is not available")
+        return resolved
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class Matter:
+    """Portrait matting with a P3M-Net variant; the network is built and loaded once.
+
+    Args:
+        model: registry name, ``resnet34`` or ``vitae-s``.
+        weights: a checkpoint file; ``None`` uses the cached official weights,
+            downloading them on first use.
+        method: ``hybrid`` (global at 1/2 scale, local at full scale) or ``resize``
+            (one pass at 1/2 scale), any case.
+        max_size: per-side cap of a pass, as the official ``MAX_SIZE`` (the Ikomia
+            plugin's ``input_size``).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``, ``mps``.
+        shorter_side_limit: images whose shorter side exceeds it are shrunk first
+            (the official sample script's 1080); ``None`` disables it, as the
+            official dataset evaluation does.
+        privacy: obfuscate faces before the network sees the image (see README);
+            the alpha is still returned for the original photo.
+
+    Images too small for a 1/2-scale pass of 32 px (shorter side < 64) are
+    upscaled to a shorter side of 64 for inference; the alpha is resized back.
+    """
+
+    def __init__(self, model: str = "resnet34", weights: str | os.PathLike | None = None,
+                 method: str = "hybrid", max_size: int = 1600, device: str = "auto",
+                 shorter_side_limit: int | None = OFFICIAL_SHORTER_SIDE_LIMIT, privacy: bool = False):
+        self.spec = get_spec(model)
+        self.method = Method.parse(method)
+        if max_size < 32:
+            raise ValueError(f"max_size must be at least 32, got {max_size}")
+        self.max_size = int(max_size)
+        self.shorter_side_limit = shorter_side_limit
+        self.privacy = privacy
+        self.device = resolve_device(device)
+        self.weights_path = resolve(self.spec.name, weights)
+        network = self.spec.build()
+        load_weights(network, self.weights_path, self.spec.name)
+        self.network = network.eval().to(self.device)
+
+    def __repr__(self) -> str:
+        return (f"Matter(model={self.spec.name!r}, method={self.method.value!r}, max_size={self.max_size}, "
+                f"device={str(self.device)!r}, privacy={self.privacy})")
+
+    def predict(self, image: ImageInput) -> MatteResult:
+        """Matte one image: a path, a PIL image or an (H, W, 3) uint8 array."""
+        rgb = read_image(image)
+        height, width = rgb.shape[:2]
+        if height == 0 or width == 0:
+            raise ImageReadError(f"{_name(image)}: empty image ({width}x{height})")
+        seen = rgb
+        if self.privacy:
+            from p3m.privacy import anonymize_for_model
+
+            seen = anonymize_for_model(rgb)
+        working = _working_image(seen, self.shorter_side_limit)
+        strategy = STRATEGIES[self.method]
+        alpha, trimap = strategy(self.network, working, self.max_size, self.spec.mean, self.spec.std, self.device)
+        if working.shape[:2] != (height, width):
+            alpha = np.clip(cv2.resize(alpha, (width, height), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
+            trimap = cv2.resize(trimap, (width, height), interpolation=cv2.INTER_NEAREST)
+        return MatteResult(image=rgb, alpha=alpha, trimap=trimap)
+
+
+def _working_image(image: np.ndarray, shorter_side_limit: int | None) -> np.ndarray:
+    """Shrink large images as the official sample script does; enlarge tiny ones to 64 px."""
+    height, width = image.shape[:2]
+    shorter = min(height, width)
+    smallest = smallest_supported_side(0.5)
+    if shorter_side_limit is not None and shorter > shorter_side_limit:
+        target = shorter_side_limit
+    elif shorter < smallest:
+        target = smallest
+    else:
+        return image
+    if height >= width:
+        size = (target, int(target * height / width))
+    else:
+        size = (int(target * width / height), target)
+    interpolation = cv2.INTER_LINEAR if target < shorter else cv2.INTER_CUBIC
+    return cv2.resize(image, size, interpolation=interpolation)
+
+
+def _name(image: ImageInput) -> str:
+    return str(image) if isinstance(image, (str, os.PathLike)) else type(image).__name__

@@ -1,0 +1,78 @@
+"""End-to-end inference against the official code's outputs, and input handling."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import p3m
+from p3m.inference.pipeline import pass_size
+from p3m.io import ImageReadError
+
+
+@pytest.fixture(scope="module")
+def matters(r34_checkpoint):
+    return {method: p3m.Matter(weights=r34_checkpoint, method=method, device="cpu")
+            for method in ("hybrid", "resize")}
+
+
+@pytest.mark.parametrize("method", ["hybrid", "resize"])
+def test_end_to_end_alpha_matches_official(matters, fixtures_dir, method):
+    reference = np.load(fixtures_dir / "r34_pipeline_ref_small.npz")[method.upper()]
+    result = matters[method].predict(fixtures_dir / "ref_small.png")
+    assert result.alpha.shape == reference.shape == (325, 487)
+    assert result.alpha.dtype == np.float32
+    difference = np.abs(result.alpha - reference)
+    assert difference.mean() <= 1e-4
+    assert (difference > 0.01).mean() <= 1e-3
+
+
+def test_result_contract(matters, fixtures_dir):
+    result = matters["hybrid"].predict(fixtures_dir / "ref_small.png")
+    assert 0.0 <= result.alpha.min() and result.alpha.max() <= 1.0
+    assert result.trimap.shape == result.alpha.shape and result.trimap.dtype == np.uint8
+    assert set(np.unique(result.trimap)) <= {0, 128, 255}
+    assert result.image.shape == (325, 487, 3)
+
+
+def test_path_pil_and_array_inputs_agree(matters, fixtures_dir):
+    path = fixtures_dir / "ref_small.png"
+    array = np.asarray(Image.open(path).convert("RGB"))
+    by_path = matters["resize"].predict(path).alpha
+    np.testing.assert_array_equal(by_path, matters["resize"].predict(Image.open(path)).alpha)
+    np.testing.assert_array_equal(by_path, matters["resize"].predict(array).alpha)
+
+
+def test_method_is_case_insensitive_and_validated(r34_checkpoint):
+    assert p3m.Matter(weights=r34_checkpoint, method="HyBrId", device="cpu").method.value == "hybrid"
+    with pytest.raises(ValueError, match="unknown method"):
+        p3m.Matter(weights=r34_checkpoint, method="tiled", device="cpu")
+
+
+def test_pass_size_floors_to_32_and_caps_each_side():
+    assert pass_size(325, 487, 0.5, 1600) == (160, 224)
+    assert pass_size(1080, 1620, 1.0, 1600) == (1056, 1600)
+    # The official cap ignores the aspect ratio.
+    assert pass_size(4000, 3000, 1.0, 1600) == (1600, 1600)
+
+
+@pytest.mark.parametrize("size", [(20, 20), (63, 200), (1, 1)])
+def test_tiny_images_are_upscaled_not_crashed(matters, size):
+    height, width = size
+    image = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    result = matters["hybrid"].predict(image)
+    assert result.alpha.shape == (height, width)
+    assert np.isfinite(result.alpha).all() and 0 <= result.alpha.min() and result.alpha.max() <= 1
+
+
+def test_large_images_follow_the_official_shorter_side_limit(matters):
+    image = np.zeros((1200, 1100, 3), dtype=np.uint8)
+    result = matters["resize"].predict(image)
+    assert result.alpha.shape == (1200, 1100)
+
+
+def test_unreadable_input_raises_one_line_error(matters, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff garbage")
+    with pytest.raises(ImageReadError, match="broken.jpg"):
+        matters["hybrid"].predict(bad)

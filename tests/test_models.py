@@ -1,0 +1,133 @@
+"""P3M-Net ResNet-34: raw outputs against the official code, loading and saving checkpoints."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from p3m.checkpoint import CheckpointError, load_weights, read_checkpoint, save_weights
+from p3m.models import create_model, fuse, get_spec, list_models
+
+RAW_OUTPUTS = ("global", "local", "side2", "side1", "side0")
+
+
+@pytest.fixture(scope="module")
+def r34_model(r34_checkpoint):
+    return load_weights(create_model("resnet34"), r34_checkpoint, "resnet34").eval()
+
+
+def _named(output):
+    return {"global": output.global_logits, "local": output.local_alpha, "fusion": output.fused_alpha,
+            "side2": output.side_logits[0], "side1": output.side_logits[1], "side0": output.side_logits[2]}
+
+
+def test_raw_outputs_match_official(r34_model, fixtures_dir):
+    reference = np.load(fixtures_dir / "r34_forward_96x128.npz")
+    with torch.inference_mode():
+        outputs = _named(r34_model(torch.from_numpy(reference["input"])))
+    for name in RAW_OUTPUTS:
+        np.testing.assert_allclose(outputs[name].numpy(), reference[name], rtol=1e-4, atol=1e-4, err_msg=name)
+    fusion_off = np.abs(outputs["fusion"].numpy() - reference["fusion"]) > 1e-3
+    assert fusion_off.mean() <= 1e-3
+
+
+def test_output_shapes_and_ranges(r34_model):
+    with torch.inference_mode():
+        output = r34_model(torch.randn(2, 3, 64, 96))
+    assert output.global_logits.shape == (2, 3, 64, 96)
+    assert output.local_alpha.shape == output.fused_alpha.shape == (2, 1, 64, 96)
+    assert all(side.shape == (2, 3, 64, 96) for side in output.side_logits)
+    assert 0 <= output.local_alpha.min() and output.local_alpha.max() <= 1
+
+
+def test_input_not_multiple_of_32_is_refused(r34_model):
+    with pytest.raises(ValueError, match="multiples of 32"):
+        r34_model(torch.zeros(1, 3, 100, 96))
+
+
+def test_fusion_takes_local_alpha_only_in_transition():
+    logits = torch.tensor([[5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0]]).T.reshape(1, 3, 1, 3)
+    local = torch.full((1, 1, 1, 3), 0.25)
+    assert fuse(logits, local).flatten().tolist() == [0.0, 0.25, 1.0]
+
+
+def test_registry_names():
+    assert "resnet34" in list_models()
+    assert get_spec("ResNet34").name == "resnet34"
+    with pytest.raises(KeyError, match="unknown model"):
+        get_spec("resnet50")
+
+
+def test_save_writes_the_official_layout(r34_model, tmp_path, fixtures_dir):
+    import json
+
+    path = save_weights(r34_model, tmp_path / "saved.pth", "resnet34")
+    saved = read_checkpoint(path)["state_dict"]
+    manifest = json.loads((fixtures_dir / "r34_manifest.json").read_text())
+    assert set(saved) == {entry["name"] for entry in manifest["tensors"]}
+    for entry in manifest["tensors"]:
+        assert list(saved[entry["name"]].shape) == entry["shape"]
+    # Aliased encoder keys hold the same values, as in official files.
+    assert torch.equal(saved["encoder0.0.weight"], saved["resnet.conv1.weight"])
+    assert torch.equal(saved["encoder1.0.2.conv2.weight"], saved["resnet.layer1.2.conv2.weight"])
+
+
+def test_save_load_round_trip(r34_model, tmp_path):
+    path = save_weights(r34_model, tmp_path / "round.pth", "resnet34")
+    reloaded = load_weights(create_model("resnet34"), path, "resnet34").eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.equal(r34_model(x).fused_alpha, reloaded(x).fused_alpha)
+
+
+def test_bare_and_module_prefixed_state_dicts_load(r34_checkpoint, tmp_path, r34_model):
+    state = read_checkpoint(r34_checkpoint)["state_dict"]
+    torch.save(state, tmp_path / "bare.pth")
+    torch.save({"state_dict": {"module." + k: v for k, v in state.items()}}, tmp_path / "ddp.pth")
+    x = torch.randn(1, 3, 64, 64)
+    for name in ("bare.pth", "ddp.pth"):
+        model = load_weights(create_model("resnet34"), tmp_path / name, "resnet34").eval()
+        with torch.inference_mode():
+            assert torch.equal(model(x).local_alpha, r34_model(x).local_alpha)
+
+
+def test_truncated_checkpoint_gives_one_clear_error(r34_checkpoint, tmp_path):
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(r34_checkpoint.read_bytes()[:1_000_000])
+    with pytest.raises(CheckpointError, match=r"truncated\.pth: not a readable PyTorch checkpoint"):
+        load_weights(create_model("resnet34"), truncated, "resnet34")
+
+
+def test_missing_file_and_non_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint file"):
+        load_weights(create_model("resnet34"), tmp_path / "absent.pth", "resnet34")
+    junk = tmp_path / "junk.pth"
+    junk.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pth: not a readable PyTorch checkpoint"):
+        load_weights(create_model("resnet34"), junk, "resnet34")
+
+
+def test_wrong_keys_name_the_file_and_examples(r34_checkpoint, tmp_path):
+    state = read_checkpoint(r34_checkpoint)["state_dict"]
+    del state["decoder_final_l.weight"]
+    state["extra.weight"] = torch.zeros(1)
+    torch.save({"state_dict": state}, tmp_path / "edited.pth")
+    with pytest.raises(CheckpointError) as error:
+        load_weights(create_model("resnet34"), tmp_path / "edited.pth", "resnet34")
+    message = str(error.value)
+    assert "edited.pth" in message and "1 missing keys (decoder_final_l.weight)" in message
+    assert "1 unexpected keys (extra.weight)" in message and "\n" not in message
+
+
+def test_wrong_shape_is_reported(r34_checkpoint, tmp_path):
+    state = read_checkpoint(r34_checkpoint)["state_dict"]
+    state["decoder_final_l.weight"] = torch.zeros(1, 32, 3, 3)
+    torch.save({"state_dict": state}, tmp_path / "shape.pth")
+    with pytest.raises(CheckpointError, match=r"wrong shape.*decoder_final_l.weight: \(1, 32, 3, 3\)"):
+        load_weights(create_model("resnet34"), tmp_path / "shape.pth", "resnet34")
+
+
+def test_other_variant_checkpoint_is_named(tmp_path):
+    torch.save({"state_dict": {"encoder.layers.0.RC.proj1.weight": torch.zeros(32, 3, 3, 3)}}, tmp_path / "v.pth")
+    with pytest.raises(CheckpointError, match="not a 'resnet34' checkpoint"):
+        load_weights(create_model("resnet34"), tmp_path / "v.pth", "resnet34")

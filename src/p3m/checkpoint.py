@@ -105,6 +105,9 @@ def load_weights(model: nn.Module, path: PathLike, model_name: str) -> nn.Module
             f"{path}: {len(misshapen)} tensors have the wrong shape for '{spec.name}' "
             f"(e.g. {key}: {tuple(official[key].shape)} in the file, {tuple(expected[key].shape)} expected)"
         )
+    # Optional keys the file omits keep the model's own values (e.g. seeded Performer features).
+    official = {key: value for key, value in official.items() if key in expected}
+    official.update({key: expected[key] for key in set(expected) - set(official)})
     model.load_state_dict(spec.from_official(official), strict=True)
     return model
 

@@ -89,3 +89,4 @@ def create_model(name: str) -> nn.Module:
 def _import_variants() -> None:
     # Importing the variant modules registers them.
     from p3m.models import resnet  # noqa: F401
+    from p3m.models import vitae  # noqa: F401

@@ -58,10 +58,10 @@ class DualDecoder(nn.Module):
         self.spec = spec
         for level, channels in zip(range(4, -1, -1), spec.semantic):
             setattr(self, f"decoder{level}_g", conv_stack(list(channels), plain_last=level == 0))
-        for level, channels in zip(range(4, -1, -1), spec.matting):
-            setattr(self, f"decoder{level}_l", conv_stack(list(channels)))
         if spec.semantic_head:
             self.decoder_final_g = nn.Conv2d(spec.semantic[-1][-1], 3, 3, padding=1)
+        for level, channels in zip(range(4, -1, -1), spec.matting):
+            setattr(self, f"decoder{level}_l", conv_stack(list(channels)))
         self.decoder_final_l = nn.Conv2d(spec.matting[-1][-1], 1, 3, padding=1)
 
         widths = [stage[-1] for stage in spec.semantic]  # outputs of decoder4_g .. decoder0_g

@@ -1,0 +1,166 @@
+"""P3M-Net ViTAE-S: raw and end-to-end outputs against the official code, deterministic
+Performer features, checkpoint loading and saving."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import p3m
+from p3m.checkpoint import CheckpointError, load_weights, read_checkpoint, save_weights
+from p3m.models import EncoderFeatures, create_model, get_spec, list_models
+from p3m.models.vitae import performer_seed
+from p3m.models.vitae_layers import orthogonal_random_features
+
+RAW_OUTPUTS = ("global", "local", "side2", "side1", "side0")
+PERFORMER_KEYS = ("encoder.layers.0.NC.0.attn.w", "encoder.layers.0.NC.1.attn.w")
+
+
+@pytest.fixture(scope="module")
+def vitae_model(vitae_checkpoint):
+    return load_weights(create_model("vitae-s"), vitae_checkpoint, "vitae-s").eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoint_without_features(vitae_checkpoint, tmp_path_factory):
+    """The same weights as an official file holds them: no Performer features."""
+    state = read_checkpoint(vitae_checkpoint)["state_dict"]
+    for key in PERFORMER_KEYS:
+        del state[key]
+    path = tmp_path_factory.mktemp("vitae") / "official_layout.pth"
+    torch.save({"state_dict": state}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def seeded_model(checkpoint_without_features):
+    """Loaded from a file without Performer features: they keep their seeded values."""
+    return load_weights(create_model("vitae-s"), checkpoint_without_features, "vitae-s").eval()
+
+
+def _named(output):
+    return {"global": output.global_logits, "local": output.local_alpha, "fusion": output.fused_alpha,
+            "side2": output.side_logits[0], "side1": output.side_logits[1], "side0": output.side_logits[2]}
+
+
+def _features(model):
+    return [model.state_dict()[key] for key in PERFORMER_KEYS]
+
+
+def test_raw_outputs_match_official(vitae_model, fixtures_dir):
+    reference = np.load(fixtures_dir / "vitae_forward_96x128.npz")
+    with torch.inference_mode():
+        outputs = _named(vitae_model(torch.from_numpy(reference["input"])))
+    for name in RAW_OUTPUTS:
+        assert outputs[name].shape == reference[name].shape, name
+        np.testing.assert_allclose(outputs[name].numpy(), reference[name], rtol=1e-4, atol=1e-4, err_msg=name)
+    fusion_off = np.abs(outputs["fusion"].numpy() - reference["fusion"]) > 1e-3
+    assert fusion_off.mean() <= 1e-3
+
+
+@pytest.mark.parametrize("method", ["hybrid", "resize"])
+def test_end_to_end_alpha_matches_official(vitae_checkpoint, fixtures_dir, method):
+    reference = np.load(fixtures_dir / "vitae_pipeline_ref_small.npz")[method.upper()]
+    matter = p3m.Matter(model="vitae-s", weights=vitae_checkpoint, method=method, device="cpu")
+    alpha = matter.predict(fixtures_dir / "ref_small.png").alpha
+    assert alpha.shape == reference.shape == (325, 487)
+    difference = np.abs(alpha - reference)
+    assert difference.mean() <= 1e-4
+    assert (difference > 0.01).mean() <= 1e-3
+
+
+def test_encoder_honours_the_feature_contract(vitae_model):
+    with torch.inference_mode():
+        features = vitae_model.encoder(torch.randn(2, 3, 64, 96))
+    assert isinstance(features, EncoderFeatures)
+    assert features.stem.shape == (2, 32, 64, 96)
+    assert [tuple(skip.shape) for skip in features.skips] == [
+        (2, 64, 32, 48), (2, 64, 16, 24), (2, 128, 8, 12), (2, 256, 4, 6)]
+    assert features.deepest.shape == (2, 512, 2, 3)
+    levels = [features.stem, *features.skips, features.deepest]
+    for index, level in zip(features.indices, levels[1:]):
+        assert index.shape[-2:] == level.shape[-2:]
+
+
+def test_output_shapes_and_input_check(vitae_model):
+    with torch.inference_mode():
+        output = vitae_model(torch.randn(1, 3, 64, 96))
+        with pytest.raises(ValueError, match="multiples of 32"):
+            vitae_model(torch.zeros(1, 3, 64, 100))
+    assert output.global_logits.shape == (1, 3, 64, 96)
+    assert output.local_alpha.shape == output.fused_alpha.shape == (1, 1, 64, 96)
+    assert all(side.shape == (1, 3, 64, 96) for side in output.side_logits)
+
+
+def test_performer_features_are_orthogonal_and_scaled():
+    features = orthogonal_random_features(2, 32, 64, seed=7)
+    assert features.shape == (2, 32, 64) and features.dtype == torch.float32
+    gram = features @ features.transpose(-2, -1)
+    torch.testing.assert_close(gram, 32 * torch.eye(32).expand(2, 32, 32), rtol=0, atol=1e-4)
+    assert torch.equal(features, orthogonal_random_features(2, 32, 64, seed=7))
+    assert not torch.allclose(features, orthogonal_random_features(2, 32, 64, seed=8))
+
+
+def test_two_constructions_give_the_same_alpha(seeded_model, checkpoint_without_features):
+    torch.manual_seed(1234)  # the global random state must not matter
+    second = load_weights(create_model("vitae-s"), checkpoint_without_features, "vitae-s").eval()
+    for first_features, second_features in zip(_features(seeded_model), _features(second)):
+        assert torch.equal(first_features, second_features)
+    assert not torch.equal(*_features(seeded_model))  # each attention has its own features
+    image = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        first_output, second_output = seeded_model(image), second(image)
+    assert torch.equal(first_output.local_alpha, second_output.local_alpha)
+    assert torch.equal(first_output.global_logits, second_output.global_logits)
+
+
+def test_features_in_the_checkpoint_replace_the_seeded_ones(vitae_model, seeded_model, vitae_checkpoint):
+    pinned = read_checkpoint(vitae_checkpoint)["state_dict"]
+    for key, loaded, seeded in zip(PERFORMER_KEYS, _features(vitae_model), _features(seeded_model)):
+        assert torch.equal(loaded, pinned[key])
+        assert torch.equal(seeded, orthogonal_random_features(1, 32, 64, performer_seed(key[:-2])))
+        assert not torch.allclose(seeded, pinned[key])
+    # The features are used: other features, other outputs.
+    image = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert not torch.allclose(vitae_model(image).global_logits, seeded_model(image).global_logits)
+
+
+def test_registry_entry():
+    assert "vitae-s" in list_models()
+    spec = get_spec("ViTAE_S")
+    assert spec.name == "vitae-s"
+    assert spec.weights.file_name == "P3M-Net_ViTAE-S_trained_on_P3M-10k.pth"
+    assert spec.optional_key("encoder.layers.0.NC.1.attn.w")
+    assert not spec.optional_key("encoder.layers.1.NC.0.attn.w")
+
+
+def test_save_writes_the_official_layout(vitae_model, tmp_path, fixtures_dir):
+    path = save_weights(vitae_model, tmp_path / "saved.pth", "vitae-s")
+    saved = read_checkpoint(path)["state_dict"]
+    manifest = json.loads((fixtures_dir / "vitae_manifest.json").read_text())
+    assert list(saved) == [entry["name"] for entry in manifest["tensors"]]
+    for entry in manifest["tensors"]:
+        assert list(saved[entry["name"]].shape) == entry["shape"], entry["name"]
+        assert str(saved[entry["name"]].dtype) == entry["dtype"], entry["name"]
+
+
+def test_wrong_variant_checkpoints_are_named(vitae_checkpoint, r34_checkpoint):
+    with pytest.raises(CheckpointError, match="not a 'vitae-s' checkpoint.*looks like a 'resnet34' checkpoint"):
+        load_weights(create_model("vitae-s"), r34_checkpoint, "vitae-s")
+    with pytest.raises(CheckpointError, match="not a 'resnet34' checkpoint.*looks like a 'vitae-s' checkpoint"):
+        load_weights(create_model("resnet34"), vitae_checkpoint, "resnet34")
+
+
+def test_bad_performer_features_are_refused(checkpoint_without_features, tmp_path):
+    state = read_checkpoint(checkpoint_without_features)["state_dict"]
+    misshapen = dict(state, **{PERFORMER_KEYS[0]: torch.zeros(1, 64, 64)})
+    torch.save({"state_dict": misshapen}, tmp_path / "misshapen.pth")
+    with pytest.raises(CheckpointError, match=r"wrong shape.*attn\.w: \(1, 64, 64\)"):
+        load_weights(create_model("vitae-s"), tmp_path / "misshapen.pth", "vitae-s")
+    misplaced = dict(state, **{"encoder.layers.1.NC.0.attn.w": torch.zeros(1, 32, 64)})
+    torch.save({"state_dict": misplaced}, tmp_path / "misplaced.pth")
+    with pytest.raises(CheckpointError, match=r"1 unexpected keys \(encoder\.layers\.1\.NC\.0\.attn\.w\)"):
+        load_weights(create_model("vitae-s"), tmp_path / "misplaced.pth", "vitae-s")

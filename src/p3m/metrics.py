@@ -80,11 +80,16 @@ class _Pair:
             if array.dtype != np.uint8 and not np.issubdtype(array.dtype, np.floating):
                 raise ValueError(f"{name}: expected uint8 (0-255) or float in [0, 1], got dtype {array.dtype}")
         self.pred, self.gt = pred, gt
+        # uint8 maps become floats at the precision of the other input when it is a
+        # float (so a float32 prediction equal to gt / 255 scores exactly 0), else float64.
+        floats = [array.dtype for array in (pred, gt) if array.dtype != np.uint8]
+        self._precision = np.result_type(*floats).type if floats else np.float64
         self._cache: dict[str, np.ndarray] = {}
 
     def _unit(self, array: np.ndarray, dtype) -> np.ndarray:
         if array.dtype == np.uint8:
-            return array.astype(dtype) / dtype(255)
+            precision = dtype if dtype == np.float32 else self._precision
+            return (array.astype(precision) / precision(255)).astype(dtype, copy=False)
         return array.astype(dtype, copy=False)
 
     def _cached(self, key: str, make):

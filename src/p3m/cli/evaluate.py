@@ -1,0 +1,109 @@
+"""``p3m evaluate``: score predicted alphas, or a model on a P3M-10k test split."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from p3m.cli import CommandError
+
+_DATASET_OPTIONS = ("model", "weights", "method", "max_size", "device", "save_pred")
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score predicted alphas against ground truth (SAD, MSE, MAD, Grad, Conn, ...)",
+        description="Score alpha mattes with the official P3M metrics. Either pair two folders by file name "
+                    "(--pred/--gt), or predict a P3M-10k test split with a model and score it (--dataset).",
+        epilog="Examples:\n"
+               "  p3m evaluate --pred out/ --gt P3M-10k/validation/P3M-500-P/mask "
+               "--trimap P3M-10k/validation/P3M-500-P/trimap\n"
+               "  p3m evaluate --dataset P3M-10k --split P3M-500-P --method resize --json scores.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    folders = parser.add_argument_group("score a folder of predictions")
+    folders.add_argument("--pred", metavar="DIR", help="predicted alphas (8-bit images)")
+    folders.add_argument("--gt", metavar="DIR", help="ground-truth alphas, paired with --pred by file name stem")
+    folders.add_argument("--trimap", metavar="DIR", help="trimaps (0/128/255): adds the unknown-region, "
+                                                        "foreground and background metrics")
+    folders.add_argument("--facemask", metavar="DIR", help="face masks: adds SAD/MSE/MAD inside the face")
+    dataset = parser.add_argument_group("predict and score a P3M-10k test split")
+    dataset.add_argument("--dataset", metavar="ROOT", help="P3M-10k root (holding validation/)")
+    dataset.add_argument("--split", choices=("P3M-500-P", "P3M-500-NP"), help="test split")
+    dataset.add_argument("--model", help="model name (default resnet34)")
+    dataset.add_argument("--weights", metavar="FILE", help="checkpoint (default: the official weights)")
+    dataset.add_argument("--method", choices=("resize", "hybrid"),
+                         help="inference strategy (default resize, as the papers report)")
+    dataset.add_argument("--max-size", type=int, metavar="N", help="per-side cap of a pass (default 1600)")
+    dataset.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps (default auto)")
+    dataset.add_argument("--save-pred", metavar="DIR", help="also write the predicted alphas as PNGs here")
+    output = parser.add_argument_group("output")
+    output.add_argument("--fast", action="store_true", help="skip Grad and Conn (the slow metrics)")
+    output.add_argument("--json", metavar="FILE", help="write per-image scores and means as JSON")
+    output.add_argument("--csv", metavar="FILE", help="write per-image scores and means as CSV")
+    output.add_argument("--per-image", action="store_true", help="print every image's scores too")
+    parser.set_defaults(handler=run)
+
+
+def _check_form(args) -> None:
+    folder_form = args.pred is not None or args.gt is not None
+    dataset_form = args.dataset is not None
+    if folder_form and dataset_form:
+        raise CommandError("use either --pred/--gt or --dataset, not both")
+    if folder_form:
+        if args.pred is None or args.gt is None:
+            raise CommandError("--pred and --gt go together")
+        given = [f"--{name.replace('_', '-')}" for name in _DATASET_OPTIONS + ("split",) if getattr(args, name)]
+        if given:
+            raise CommandError(f"{', '.join(given)} only apply to --dataset")
+    elif dataset_form:
+        if args.split is None:
+            raise CommandError("--dataset needs --split P3M-500-P or P3M-500-NP")
+        if args.trimap or args.facemask:
+            raise CommandError("--trimap/--facemask only apply to --pred/--gt (a dataset brings its own)")
+    else:
+        raise CommandError("nothing to evaluate: give --pred DIR --gt DIR, or --dataset ROOT --split NAME")
+
+
+def run(args) -> int:
+    _check_form(args)
+    from p3m import evaluation
+
+    try:
+        if args.dataset is not None:
+            report = _evaluate_dataset(args, evaluation)
+        else:
+            report = evaluation.evaluate_folders(args.pred, args.gt, args.trimap, args.facemask,
+                                                 fast=args.fast, progress=True)
+    except (NotADirectoryError, ValueError) as error:
+        raise CommandError(str(error)) from None
+
+    for line in report.errors:
+        print(f"p3m evaluate: {line}", file=sys.stderr)
+    if args.per_image:
+        for name, values in report.images.items():
+            print(name + "  " + "  ".join(f"{key}={value:.6g}" for key, value in values.items()))
+    print(report.format_table())
+    summary = f"{len(report.images)} image(s) scored"
+    if report.errors:
+        summary += f", {len(report.errors)} problem(s) (listed above)"
+    print(summary)
+    for path, write in ((args.json, report.write_json), (args.csv, report.write_csv)):
+        if path:
+            try:
+                write(path)
+            except OSError as error:
+                raise CommandError(f"{path}: cannot write ({error.strerror or error})") from None
+    return 0 if report.ok and report.images else 1
+
+
+def _evaluate_dataset(args, evaluation):
+    import p3m
+
+    options = {"model": args.model or "resnet34", "weights": args.weights, "method": args.method or "resize",
+               "max_size": args.max_size or 1600, "device": args.device or "auto"}
+    # The official test script scores full-size images: no 1080 px shrinking.
+    matter = p3m.Matter(**options, shorter_side_limit=None)
+    print(f"p3m evaluate: {args.split} with {matter!r}", file=sys.stderr)
+    return evaluation.evaluate_dataset(args.dataset, args.split, lambda path: matter.predict(path).alpha,
+                                       save_pred=args.save_pred, fast=args.fast, progress=True)

@@ -54,7 +54,7 @@ class TFI(nn.Module):
 
     def forward(self, semantic: torch.Tensor, matting: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = torch.cat([self.transform(semantic), self.transform(matting), self.transform(skip)], dim=1)
-        return F.relu(self.bn1(self.conv1(x)))
+        return F.relu_(self.bn1(self.conv1(x)))
 
 
 class SBFI(nn.Module):
@@ -74,7 +74,7 @@ class SBFI(nn.Module):
     def forward(self, matting: torch.Tensor, stem: torch.Tensor) -> torch.Tensor:
         pooled = F.max_pool2d(stem, kernel_size=2, stride=self.stride)
         x = torch.cat([self.transform1(matting), self.transform2(pooled)], dim=1)
-        return F.relu(self.bn1(self.conv1(x))) + matting
+        return F.relu_(self.bn1(self.conv1(x))) + matting
 
 
 class DBFI(nn.Module):
@@ -96,6 +96,6 @@ class DBFI(nn.Module):
     def forward(self, semantic: torch.Tensor, deepest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         deep = upsample(self.transform2(deepest), self.stride)
         x = torch.cat([self.transform1(semantic), deep], dim=1)
-        out = F.relu(self.bn1(self.conv1(x))) + semantic
+        out = F.relu_(self.bn1(self.conv1(x))) + semantic
         side = upsample(self.conv2(out), 32 // self.stride)
         return out, side

@@ -30,8 +30,8 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + identity)
+        out = F.relu_(self.bn1(self.conv1(x)))
+        return F.relu_(self.bn2(self.conv2(out)).add_(identity))
 
 
 def _pool(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,7 +60,7 @@ class ResNet34MaxPoolEncoder(nn.Module):
         self.fc = nn.Linear(512, 1000).requires_grad_(False)
 
     def forward(self, image: torch.Tensor) -> EncoderFeatures:
-        e0 = F.relu(self.bn1(self.conv1(image)))
+        e0 = F.relu_(self.bn1(self.conv1(image)))
         e0p, idx0 = _pool(e0)
         e1p, idx1 = _pool(e0p)
         e1 = self.layer1(e1p)

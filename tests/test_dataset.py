@@ -171,6 +171,11 @@ def test_synth_cli_writes_a_tree_that_checks_clean(tmp_path, capsys):
     assert read_mask(root / "validation/P3M-500-NP/mask/np_00000.png").shape == (128, 96)
     assert main(["dataset", "check", str(root)]) == 0
     assert "no problems found" in capsys.readouterr().out
+    only = tmp_path / "only"
+    assert main(["dataset", "synth", str(only), "--count", "2", "--split", "P3M-500-NP"]) == 0
+    assert sorted(p.name for p in only.rglob("*") if p.is_file()) == sorted(
+        f"np_0000{i}{suffix}" for i in range(2) for suffix in (".jpg", ".png", ".png"))
+    assert main(["dataset", "check", str(only), "--split", "P3M-500-NP"]) == 0
 
 
 # --- dataset check ---------------------------------------------------------------------------

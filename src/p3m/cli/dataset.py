@@ -108,6 +108,7 @@ def run_trimaps(args) -> int:
 
 
 def _add_synth(actions) -> None:
+    from p3m.data.layout import SPLITS
     from p3m.data.synth import DEFAULT_SIZE
 
     parser = actions.add_parser(
@@ -121,11 +122,14 @@ def _add_synth(actions) -> None:
     parser.add_argument("--size", default=str(DEFAULT_SIZE), metavar="S|WxH",
                         help=f"longer side with a random portrait aspect, or an exact WIDTHxHEIGHT "
                              f"(default {DEFAULT_SIZE})")
+    parser.add_argument("--split", action="append", choices=tuple(SPLITS), metavar="NAME",
+                        help=f"write only this split (repeatable; {', '.join(SPLITS)}); default all")
     parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty folder")
     parser.set_defaults(handler=run_synth)
 
 
 def run_synth(args) -> int:
+    from p3m.data import layout
     from p3m.data.synth import parse_size, write_dataset
 
     out = Path(args.out)
@@ -139,7 +143,8 @@ def run_synth(args) -> int:
         raise CommandError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         raise CommandError(f"{out}: exists and is not an empty folder (use --overwrite to write into it)")
-    written = write_dataset(out, args.count, seed=args.seed, size=size, progress=True)
+    splits = tuple(dict.fromkeys(args.split)) if args.split else tuple(layout.SPLITS)
+    written = write_dataset(out, args.count, seed=args.seed, size=size, splits=splits, progress=True)
     print(f"wrote {sum(written.values())} files under {out} "
           f"({', '.join(f'{name}: {args.count} samples' for name in written)})")
     return 0

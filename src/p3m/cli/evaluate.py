@@ -13,8 +13,10 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate",
         help="score predicted alphas against ground truth (SAD, MSE, MAD, Grad, Conn, ...)",
-        description="Score alpha mattes with the official P3M metrics. Either pair two folders by file name "
-                    "(--pred/--gt), or predict a P3M-10k test split with a model and score it (--dataset).",
+        description="Score alpha mattes with the official P3M metrics. Either pair two folders by file\n"
+                    "name stem (--pred/--gt), or predict a P3M-10k test split with a model and score it\n"
+                    "(--dataset). Undefined values (e.g. a trimap without unknown pixels) are left out\n"
+                    "of the means, and the table says how many images each mean covers.",
         epilog="Examples:\n"
                "  p3m evaluate --pred out/ --gt P3M-10k/validation/P3M-500-P/mask "
                "--trimap P3M-10k/validation/P3M-500-P/trimap\n"

@@ -178,6 +178,7 @@ def test_perfect_prediction_scores_zero():
         (np.zeros((4, 5), np.uint8), np.zeros((5, 4), np.uint8), "differs"),
         (np.zeros((4, 5, 3), np.uint8), np.zeros((4, 5, 3), np.uint8), "(H, W)"),
         (np.zeros((4, 5), np.int32), np.zeros((4, 5), np.uint8), "dtype"),
+        (np.zeros((0, 5), np.uint8), np.zeros((0, 5), np.uint8), "empty"),
     ],
 )
 def test_bad_inputs_raise(pred, gt, message):

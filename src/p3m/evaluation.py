@@ -232,13 +232,13 @@ def _read_maps(sample: Sample, shape: tuple[int, int], pred_label: str, pred_pat
     """Ground truth, trimap and face mask of ``sample``, checked against the prediction's shape."""
     gt = read_mask(sample.gt)
     if gt.shape != shape:
-        raise ImageReadError(f"{pred_path}: {pred_label} size {shape[1]}x{shape[0]} differs from "
+        raise ValueError(f"{pred_path}: {pred_label} size {shape[1]}x{shape[0]} differs from "
                              f"ground truth {sample.gt} ({_size(gt)})")
     maps = []
     for what, path in (("trimap", sample.trimap), ("face mask", sample.face_mask)):
         array = read_mask(path) if path is not None else None
         if array is not None and array.shape != shape:
-            raise ImageReadError(f"{path}: {what} size {_size(array)} differs from ground truth {sample.gt} "
+            raise ValueError(f"{path}: {what} size {_size(array)} differs from ground truth {sample.gt} "
                                  f"({_size(gt)})")
         maps.append(array)
     return gt, maps[0], maps[1]

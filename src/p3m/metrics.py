@@ -76,6 +76,8 @@ class _Pair:
             raise ValueError(f"expected (H, W) alphas, got shapes {pred.shape} and {gt.shape}")
         if pred.shape != gt.shape:
             raise ValueError(f"prediction shape {pred.shape} differs from ground truth shape {gt.shape}")
+        if pred.size == 0:
+            raise ValueError(f"empty alphas (shape {pred.shape})")
         for name, array in (("prediction", pred), ("ground truth", gt)):
             if array.dtype != np.uint8 and not np.issubdtype(array.dtype, np.floating):
                 raise ValueError(f"{name}: expected uint8 (0-255) or float in [0, 1], got dtype {array.dtype}")

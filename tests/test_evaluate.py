@@ -121,6 +121,16 @@ def test_problems_are_reported_one_line_each_and_the_rest_is_scored(folders, tmp
     assert report["skipped"] == ["CONN", "GRAD"] and "GRAD" not in report["mean"]
 
 
+def test_workers_give_the_same_report(folders):
+    dirs, arrays = folders
+    (dirs["pred"] / "c.png").write_bytes(b"broken")
+    args = (dirs["pred"], dirs["gt"], dirs["trimap"], dirs["face"])
+    serial = evaluation.evaluate_folders(*args, fast=True)
+    parallel = evaluation.evaluate_folders(*args, fast=True, workers=2)
+    assert list(serial.images) == ["a.png", "b.png"] and len(serial.errors) == 1
+    assert parallel.images == serial.images and parallel.errors == serial.errors
+
+
 def test_duplicate_stems_are_reported_once(folders, capsys):
     dirs, arrays = folders
     save(dirs["pred"] / "a.tif", arrays["a"][0])
@@ -166,6 +176,7 @@ def test_all_undefined_mean_is_null():
     ([], "nothing to evaluate"),
     (["--pred", "x", "--gt", "y", "--weights", "w.pth"], "--weights only apply to --dataset"),
     (["--pred", "nowhere", "--gt", "nowhere"], "folder not found"),
+    (["--pred", "x", "--gt", "y", "--workers", "0"], "--workers must be at least 1"),
 ])
 def test_usage_errors(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

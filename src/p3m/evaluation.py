@@ -14,13 +14,14 @@ become one line in :attr:`EvaluationReport.errors` and never stop the rest.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -244,19 +245,38 @@ def _read_maps(sample: Sample, shape: tuple[int, int], pred_label: str, pred_pat
     return gt, maps[0], maps[1]
 
 
-def _run(samples: list[Sample], errors: list[str], keys: tuple[str, ...], fast: bool,
-         score_one: Callable[[Sample], metrics.Scores], progress: bool, description: str) -> EvaluationReport:
+Outcome = tuple[str, "metrics.Scores | None", "str | None"]  # (name, scores, error line)
+
+
+def _guarded(score: Callable[[Sample], metrics.Scores], sample: Sample) -> Outcome:
+    try:
+        return sample.name, score(sample), None
+    except (ImageReadError, ValueError) as error:
+        return sample.name, None, str(error)
+
+
+def _collect(outcomes: Iterable[Outcome], total: int, errors: list[str], keys: tuple[str, ...], fast: bool,
+             progress: bool, description: str) -> EvaluationReport:
     from tqdm import tqdm
 
     report = EvaluationReport(keys=keys, errors=errors, skipped=metrics.SLOW_KEYS if fast else ())
     # disable=None: a progress bar only when writing to a terminal
-    bar = tqdm(samples, desc=description, unit="image", disable=None if progress else True, leave=False)
-    for sample in bar:
-        try:
-            report.add(sample.name, score_one(sample))
-        except (ImageReadError, ValueError) as error:
-            report.errors.append(str(error))
+    for name, scores, error in tqdm(outcomes, total=total, desc=description, unit="image",
+                                    disable=None if progress else True, leave=False):
+        if error is not None:
+            report.errors.append(error)
+        else:
+            report.add(name, scores)
     return report
+
+
+def _score_files(sample: Sample, fast: bool) -> Outcome:
+    def score(sample: Sample) -> metrics.Scores:
+        pred = read_mask(sample.pred)
+        gt, trimap, face = _read_maps(sample, pred.shape, "prediction", sample.pred)
+        return metrics.compute_metrics(pred, gt, trimap, face, fast=fast)
+
+    return _guarded(score, sample)
 
 
 def evaluate_folders(
@@ -266,24 +286,29 @@ def evaluate_folders(
     face_mask_dir: str | os.PathLike | None = None,
     fast: bool = False,
     progress: bool = False,
+    workers: int = 1,
 ) -> EvaluationReport:
     """Score every prediction in ``pred_dir`` against its ground truth in ``gt_dir``.
 
     Predictions and ground truths are read as 8-bit maps (first channel of
     colour files) and divided by 255, as the official folder evaluation does.
+    ``workers`` > 1 scores images in that many processes; the report is the same.
 
     Raises:
         NotADirectoryError: a given folder does not exist.
     """
     samples, errors = pair_folders(pred_dir, gt_dir, trimap_dir, face_mask_dir)
     keys = metrics.metric_keys(trimap_dir is not None, face_mask_dir is not None, fast)
+    score = functools.partial(_score_files, fast=fast)
+    if workers <= 1 or len(samples) <= 1:
+        return _collect(map(score, samples), len(samples), errors, keys, fast, progress, "evaluate")
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
-    def score(sample: Sample) -> metrics.Scores:
-        pred = read_mask(sample.pred)
-        gt, trimap, face = _read_maps(sample, pred.shape, "prediction", sample.pred)
-        return metrics.compute_metrics(pred, gt, trimap, face, fast=fast)
-
-    return _run(samples, errors, keys, fast, score, progress, "evaluate")
+    # spawn: forking a process that already runs threads (torch, BLAS) can deadlock
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(samples)), mp_context=context) as pool:
+        return _collect(pool.map(score, samples, chunksize=2), len(samples), errors, keys, fast, progress, "evaluate")
 
 
 def evaluate_dataset(
@@ -329,4 +354,5 @@ def evaluate_dataset(
             save_image(out / (Path(sample.name).stem + ".png"), np.round(np.clip(alpha, 0, 1) * 255).astype(np.uint8))
         return metrics.compute_metrics(alpha, gt, trimap, face, fast=fast)
 
-    return _run(samples, errors, keys, fast, score, progress, split)
+    outcomes = (_guarded(score, sample) for sample in samples)
+    return _collect(outcomes, len(samples), errors, keys, fast, progress, split)

@@ -29,6 +29,8 @@ def add_parser(subparsers) -> None:
     folders.add_argument("--trimap", metavar="DIR", help="trimaps (0/128/255): adds the unknown-region, "
                                                         "foreground and background metrics")
     folders.add_argument("--facemask", metavar="DIR", help="face masks: adds SAD/MSE/MAD inside the face")
+    folders.add_argument("--workers", type=int, default=1, metavar="N",
+                         help="score images in N processes (default 1)")
     dataset = parser.add_argument_group("predict and score a P3M-10k test split")
     dataset.add_argument("--dataset", metavar="ROOT", help="P3M-10k root (holding validation/)")
     dataset.add_argument("--split", choices=("P3M-500-P", "P3M-500-NP"), help="test split")
@@ -63,12 +65,16 @@ def _check_form(args) -> None:
             raise CommandError("--dataset needs --split P3M-500-P or P3M-500-NP")
         if args.trimap or args.facemask:
             raise CommandError("--trimap/--facemask only apply to --pred/--gt (a dataset brings its own)")
+        if args.workers != 1:
+            raise CommandError("--workers only applies to --pred/--gt")
     else:
         raise CommandError("nothing to evaluate: give --pred DIR --gt DIR, or --dataset ROOT --split NAME")
 
 
 def run(args) -> int:
     _check_form(args)
+    if args.workers < 1:
+        raise CommandError(f"--workers must be at least 1, got {args.workers}")
     from p3m import evaluation
 
     try:
@@ -76,7 +82,7 @@ def run(args) -> int:
             report = _evaluate_dataset(args, evaluation)
         else:
             report = evaluation.evaluate_folders(args.pred, args.gt, args.trimap, args.facemask,
-                                                 fast=args.fast, progress=True)
+                                                 fast=args.fast, progress=True, workers=args.workers)
     except (NotADirectoryError, ValueError) as error:
         raise CommandError(str(error)) from None
 

@@ -83,17 +83,27 @@ def download(model_name: str, force: bool = False, quiet: bool = False) -> Path:
         verify(partial, spec.name)
         os.replace(partial, target)
     except Exception as error:  # noqa: BLE001 - every failure becomes the same actionable message
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise WeightsUnavailableError(_unavailable_message(spec.name, reason)) from None
+        raise WeightsUnavailableError(_unavailable_message(spec.name, _reason(error))) from None
     finally:
         partial.unlink(missing_ok=True)
     return target
 
 
+def _reason(error: Exception) -> str:
+    import requests
+
+    if isinstance(error, requests.Timeout):
+        return f"no answer from Google Drive within {DOWNLOAD_TIMEOUT_S} s"
+    if isinstance(error, requests.ConnectionError):
+        return "cannot reach Google Drive: no network connection?"
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
 def _unavailable_message(model_name: str, reason: str) -> str:
     spec = get_spec(model_name)
     return (
-        f"cannot download the '{spec.name}' weights ({reason[:200]}). Download {spec.weights.url} "
+        f"cannot download the '{spec.name}' weights ({reason}). Download {spec.weights.url} "
         f"({spec.weights.file_name}) by hand and either put it at {cached_path(spec.name)} "
         f"or pass its path with --weights / Matter(weights=...)"
     )

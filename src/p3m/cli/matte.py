@@ -1,0 +1,84 @@
+"""``p3m matte INPUT... -o OUT``: alpha mattes, cutouts and composites for files and folders."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from p3m.cli import CommandError
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "matte", help="matte portraits: alpha, RGBA cutout, composite",
+        description="Matte portrait images with P3M-Net. Outputs go to OUT/<kind>/, mirroring the inputs' "
+                    "relative paths, as PNG. Existing outputs are skipped unless --overwrite.")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or globs")
+    parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUT", help="output folder")
+    parser.add_argument("--model", default="resnet34", help="resnet34 (default) or vitae-s")
+    parser.add_argument("--weights", type=Path, help="a local checkpoint instead of the official weights")
+    parser.add_argument("--method", default="hybrid", type=str.lower, choices=("hybrid", "resize"),
+                        help="hybrid: global 1/2 + local full scale (default); resize: one pass at 1/2")
+    parser.add_argument("--max-size", "--input-size", dest="max_size", type=int, default=1600, metavar="N",
+                        help="per-side cap of a network pass, as the official MAX_SIZE (default 1600)")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--output-kinds", "--outputs", dest="outputs", default="alpha,rgba", metavar="KINDS",
+                        help="comma-separated: alpha, rgba, composite, trimap (default alpha,rgba)")
+    parser.add_argument("--background", default="white", metavar="COLOR|IMAGE",
+                        help="composite background: a colour (white, #00ff00, 0,255,0) or an image file")
+    parser.add_argument("--foreground", default="estimate", choices=("estimate", "original"),
+                        help="cutout colour at soft edges: estimate (removes the old background) or original")
+    parser.add_argument("--alpha-depth", type=int, default=8, choices=(8, 16), help="bits per alpha pixel")
+    parser.add_argument("--privacy", action="store_true",
+                        help="blur faces before the network sees the image (the alpha is for the original)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run)
+
+
+def _check_output_outside_inputs(out_dir: Path, inputs: list[str]) -> None:
+    out_real = Path(os.path.realpath(out_dir))
+    for text in inputs:
+        folder = Path(os.path.realpath(text))
+        if folder.is_dir() and (out_real == folder or folder in out_real.parents):
+            raise CommandError(f"output folder {out_dir} is inside input folder {text}; choose a folder outside it")
+
+
+def run(args: argparse.Namespace) -> int:
+    from p3m.checkpoint import CheckpointError
+    from p3m.inference.batch import MatteOptions, matte_files
+    from p3m.inference.matter import Matter
+    from p3m.inputs import collect_inputs
+    from p3m.weights import WeightsUnavailableError
+
+    try:
+        options = MatteOptions(outputs=tuple(kind.strip() for kind in args.outputs.split(",") if kind.strip()),
+                               background=args.background, foreground=args.foreground,
+                               alpha_depth=args.alpha_depth, overwrite=args.overwrite)
+        pairs = collect_inputs(args.inputs)
+    except (ValueError, FileNotFoundError) as error:
+        raise CommandError(str(error)) from None
+    _check_output_outside_inputs(args.output, args.inputs)
+    if "composite" in options.outputs:
+        from p3m.inference.compose import Background
+
+        try:
+            Background(options.background)
+        except (ValueError, OSError) as error:
+            raise CommandError(f"--background: {error}") from None
+    try:
+        matter = Matter(model=args.model, weights=args.weights, method=args.method, max_size=args.max_size,
+                        device=args.device, privacy=args.privacy)
+    except (WeightsUnavailableError, CheckpointError, KeyError, ValueError) as error:
+        raise CommandError(str(error).strip("'\"")) from None
+
+    def report_error(path: Path, message: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(f"error: {message}", file=sys.stderr)
+
+    show_progress = not args.quiet and len(pairs) > 1
+    report = matte_files(matter, pairs, args.output, options, on_error=report_error, progress=show_progress)
+    print(f"p3m matte: {report.summary()} -> {args.output}", file=sys.stderr)
+    return 0 if report.ok else 1

@@ -1,0 +1,116 @@
+"""Matting a batch of files into an output folder, one subfolder per output kind.
+
+``OUT/alpha/``, ``OUT/rgba/``, ``OUT/composite/``, ``OUT/trimap/`` mirror each
+input's relative path, as PNG. Existing outputs are skipped unless
+``overwrite`` (an interrupted batch resumes); a file that fails is reported and
+the batch goes on; every file is written atomically.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from p3m.inference.compose import Background, alpha_to_uint, composite, cutout, foreground_colour
+from p3m.inference.matter import Matter, MatteResult
+from p3m.io import ImageReadError, save_image
+
+OUTPUT_KINDS = ("alpha", "rgba", "composite", "trimap")
+DEFAULT_OUTPUTS = ("alpha", "rgba")
+
+
+@dataclass(frozen=True)
+class MatteOptions:
+    """What to write for each image."""
+
+    outputs: tuple[str, ...] = DEFAULT_OUTPUTS
+    background: str = "white"
+    foreground: str = "estimate"
+    alpha_depth: int = 8
+    overwrite: bool = False
+
+    def __post_init__(self):
+        unknown = [kind for kind in self.outputs if kind not in OUTPUT_KINDS]
+        if unknown or not self.outputs:
+            raise ValueError(f"unknown output kind {', '.join(unknown) or '(none)'}; choose from {', '.join(OUTPUT_KINDS)}")
+        if self.alpha_depth not in (8, 16):
+            raise ValueError(f"alpha depth must be 8 or 16, got {self.alpha_depth}")
+
+
+@dataclass
+class BatchReport:
+    """Outcome of a batch: written, skipped (all outputs already there) and failed files."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def summary(self) -> str:
+        return (f"{len(self.written)} done, {len(self.skipped)} skipped (outputs exist), "
+                f"{len(self.failed)} failed")
+
+
+def output_targets(out_dir: Path, relative: Path, outputs: Sequence[str]) -> dict[str, Path]:
+    return {kind: out_dir / kind / relative.with_suffix(".png") for kind in outputs}
+
+
+def write_outputs(result: MatteResult, targets: dict[str, Path], options: MatteOptions,
+                  background: Background | None) -> None:
+    """Write each requested kind for one result (atomically, one file per kind)."""
+    colour = None
+    if "rgba" in targets or "composite" in targets:
+        colour = foreground_colour(result.image, result.alpha, options.foreground)
+    for kind, path in targets.items():
+        if kind == "alpha":
+            save_image(path, alpha_to_uint(result.alpha, options.alpha_depth))
+        elif kind == "rgba":
+            save_image(path, cutout(colour, result.alpha))
+        elif kind == "composite":
+            height, width = result.alpha.shape
+            save_image(path, composite(colour, result.alpha, background.for_size(height, width)))
+        elif kind == "trimap":
+            save_image(path, result.trimap)
+
+
+def matte_files(matter: Matter, pairs: Sequence[tuple[Path, Path]], out_dir: os.PathLike,
+                options: MatteOptions = MatteOptions(),
+                on_error: Callable[[Path, str], None] | None = None,
+                progress: bool = False) -> BatchReport:
+    """Matte ``pairs`` (source, relative path) from :func:`p3m.inputs.collect_inputs` into ``out_dir``.
+
+    Per-file problems (unreadable or odd images, inference errors) are recorded
+    in the report and passed to ``on_error(path, message)``; the batch goes on.
+    """
+    out_dir = Path(out_dir)
+    background = Background(options.background) if "composite" in options.outputs else None
+    report = BatchReport()
+    iterator = pairs
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(pairs, desc="matting", unit="image", dynamic_ncols=True)
+    for source, relative in iterator:
+        targets = output_targets(out_dir, relative, options.outputs)
+        if not options.overwrite:
+            targets = {kind: path for kind, path in targets.items() if not path.exists()}
+            if not targets:
+                report.skipped.append(source)
+                continue
+        try:
+            write_outputs(matter.predict(source), targets, options, background)
+        except ImageReadError as error:
+            message = str(error)
+        except (RuntimeError, ValueError, OSError, MemoryError) as error:
+            message = f"{source}: {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        else:
+            report.written.append(source)
+            continue
+        report.failed.append((source, message))
+        if on_error is not None:
+            on_error(source, message)
+    return report

@@ -125,7 +125,7 @@ def reference_connectivity(pred, gt, step=0.1):
     return float(np.abs(phi_pred - phi_gt).sum(dtype=np.float64)) / 1000
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(8))
 def test_connectivity_matches_literal_definition(seed):
     from scipy.ndimage import gaussian_filter
 
@@ -150,6 +150,21 @@ def test_connectivity_ties_pick_the_first_region_in_raster_order():
     assert got == pytest.approx(expected, rel=1e-6)
     swapped = metrics.connectivity_error(pred[::-1, ::-1].copy(), gt[::-1, ::-1].copy())
     assert swapped != pytest.approx(got, rel=1e-3)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_connectivity_with_many_equal_regions(seed):
+    # A grid of equal 3x3 squares: every threshold has a tie for the largest region.
+    rng = np.random.default_rng(seed)
+    gt = np.zeros((40, 44), np.uint8)
+    for y in range(2, 36, 5):
+        for x in range(2, 40, 5):
+            gt[y:y + 3, x:x + 3] = rng.choice([153, 204, 255])
+    pred = np.where(gt > 0, np.clip(gt.astype(int) + rng.integers(-60, 1, gt.shape), 0, 255), 0).astype(np.uint8)
+    got = metrics.connectivity_error(pred, gt)
+    expected = reference_connectivity(pred.astype(np.float32) / np.float32(255), gt.astype(np.float32) / np.float32(255))
+    assert expected > 0
+    assert got == pytest.approx(expected, rel=1e-6, abs=ATOL)
 
 
 def test_threshold_boundaries_follow_float64_comparison():

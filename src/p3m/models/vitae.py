@@ -52,7 +52,8 @@ class ViTAESMaxPoolEncoder(nn.Module):
     Returns, for a (N, 3, H, W) input: stem (N, 32, H, W); skips at 1/2, 1/4,
     1/8, 1/16 with 64, 64, 128, 256 channels; deepest (N, 512, H/32, W/32).
     The 1/4, 1/8 and 1/16 skips are the layer-normalised tokens of stages 1-3
-    just before they are pooled.
+    just before they are pooled. All maps are channels-last in memory: tokens
+    become maps without a copy, and CPU convolutions run faster on them.
     """
 
     def __init__(self):
@@ -68,7 +69,7 @@ class ViTAESMaxPoolEncoder(nn.Module):
     def forward(self, image: torch.Tensor) -> EncoderFeatures:
         height, width = image.shape[-2:]
         first = self.layers[0]
-        tokens, (idx0, idx1), (stem, half) = first.RC(image)
+        tokens, (idx0, idx1), (stem, half) = first.RC(image.contiguous(memory_format=torch.channels_last))
         size = (height // 4, width // 4)
         for cell in first.NC:
             tokens = cell(tokens, size)
@@ -80,7 +81,7 @@ class ViTAESMaxPoolEncoder(nn.Module):
             size = (size[0] // 2, size[1] // 2)
             for cell in stage.NC:
                 tokens = cell(tokens, size)
-        deepest = tokens_to_map(tokens, size).contiguous()
+        deepest = tokens_to_map(tokens, size)
         return EncoderFeatures(stem, tuple(skips), deepest, tuple(indices))
 
 

@@ -26,12 +26,13 @@ def tokens_to_map(tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     height, width = size
     if length != height * width:
         raise ValueError(f"{length} tokens do not form a {height}x{width} map")
-    return tokens.transpose(1, 2).reshape(batch, channels, height, width)
+    return tokens.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
 
 
 def map_to_tokens(features: torch.Tensor) -> torch.Tensor:
     """(N, C, h, w) feature map -> (N, h*w, C) tokens."""
-    return features.flatten(2).transpose(1, 2)
+    batch, channels, height, width = features.shape
+    return features.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
 
 
 def orthogonal_random_features(heads: int, features: int, head_dim: int, seed: int) -> torch.Tensor:

@@ -131,3 +131,15 @@ def test_other_variant_checkpoint_is_named(tmp_path):
     torch.save({"state_dict": {"encoder.layers.0.RC.proj1.weight": torch.zeros(32, 3, 3, 3)}}, tmp_path / "v.pth")
     with pytest.raises(CheckpointError, match="not a 'resnet34' checkpoint"):
         load_weights(create_model("resnet34"), tmp_path / "v.pth", "resnet34")
+
+
+def test_single_branch_passes_equal_the_full_pass(r34_model):
+    x = torch.randn(1, 3, 64, 96)
+    with torch.inference_mode():
+        full = r34_model(x)
+        global_only = r34_model(x, need_local=False)
+        local_only = r34_model(x, need_global=False)
+    assert torch.equal(global_only.global_logits, full.global_logits)
+    assert global_only.local_alpha is None and global_only.fused_alpha is None
+    assert torch.equal(local_only.local_alpha, full.local_alpha)
+    assert local_only.global_logits is None and local_only.side_logits is None

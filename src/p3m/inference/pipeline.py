@@ -35,11 +35,11 @@ class Method(str, Enum):
 
 @dataclass(frozen=True)
 class PassOutput:
-    """One network pass at reduced size: numpy maps at the pass resolution."""
+    """One network pass: numpy maps at the pass resolution, None where not requested."""
 
-    trimap: np.ndarray  # (h, w) uint8 in {0, 128, 255}: argmax of the global logits
-    local_alpha: np.ndarray  # (h, w) float32 in [0, 1]
-    fused_alpha: np.ndarray  # (h, w) float32 in [0, 1]
+    trimap: np.ndarray | None  # (h, w) uint8 in {0, 128, 255}: argmax of the global logits
+    local_alpha: np.ndarray | None  # (h, w) float32 in [0, 1]
+    fused_alpha: np.ndarray | None  # (h, w) float32 in [0, 1]
 
 
 def pass_size(height: int, width: int, ratio: float, max_size: int) -> tuple[int, int]:
@@ -73,15 +73,18 @@ def trimap_from_logits(global_logits: torch.Tensor) -> np.ndarray:
     return np.array([0, 128, 255], dtype=np.uint8)[classes]
 
 
-def run_pass(model, image: np.ndarray, size: tuple[int, int], mean, std, device: torch.device) -> PassOutput:
-    """Resize ``image`` ((H, W, 3) uint8) to ``size`` and run the network once."""
+def run_pass(model, image: np.ndarray, size: tuple[int, int], mean, std, device: torch.device,
+             need_global: bool = True, need_local: bool = True) -> PassOutput:
+    """Resize ``image`` ((H, W, 3) uint8) to ``size`` and run the network once,
+    computing only the branches needed (the others' outputs are unused by the strategy)."""
     scaled = resize(image, size) * 255.0
     with torch.inference_mode():
-        output: P3MOutput = model(normalise(scaled, mean, std, device))
+        output: P3MOutput = model(normalise(scaled, mean, std, device), need_global=need_global,
+                                  need_local=need_local)
     return PassOutput(
-        trimap=trimap_from_logits(output.global_logits),
-        local_alpha=output.local_alpha[0, 0].float().cpu().numpy(),
-        fused_alpha=output.fused_alpha[0, 0].float().cpu().numpy(),
+        trimap=None if output.global_logits is None else trimap_from_logits(output.global_logits),
+        local_alpha=None if output.local_alpha is None else output.local_alpha[0, 0].float().cpu().numpy(),
+        fused_alpha=None if output.fused_alpha is None else output.fused_alpha[0, 0].float().cpu().numpy(),
     )
 
 
@@ -92,9 +95,11 @@ def hybrid(model, image: np.ndarray, max_size: int, mean, std, device) -> tuple[
         alpha: (H, W) float32 in [0, 1]; trimap: (H, W) uint8 of the global pass.
     """
     height, width = image.shape[:2]
-    global_pass = run_pass(model, image, pass_size(height, width, 0.5, max_size), mean, std, device)
+    global_pass = run_pass(model, image, pass_size(height, width, 0.5, max_size), mean, std, device,
+                           need_local=False)
     trimap_full = resize(global_pass.trimap, (height, width)) * 255.0
-    local_pass = run_pass(model, image, pass_size(height, width, 1.0, max_size), mean, std, device)
+    local_pass = run_pass(model, image, pass_size(height, width, 1.0, max_size), mean, std, device,
+                          need_global=False)
     local_full = resize(local_pass.local_alpha, (height, width))
     certain = (trimap_full == 0) | (trimap_full == 255)
     alpha = np.where(certain, trimap_full / 255.0, local_full).astype(np.float32)

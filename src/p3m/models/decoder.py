@@ -76,31 +76,44 @@ class DualDecoder(nn.Module):
         self.dbfi_1 = DBFI(widths[2], spec.deep_channels, 8)
         self.dbfi_0 = DBFI(widths[3], spec.deep_channels, 16)
 
-    def forward(self, features: EncoderFeatures) -> P3MOutput:
+    def forward(self, features: EncoderFeatures, need_global: bool = True, need_local: bool = True) -> P3MOutput:
+        """Decode ``features``; a branch that is not needed is not computed.
+
+        The matting decoder always uses the semantic features, but without
+        ``need_global`` the semantic head (``decoder0_g`` and beyond) and the
+        side outputs are skipped; without ``need_local`` the whole matting
+        decoder is. Skipped outputs (and ``fused_alpha`` unless both) are None.
+        """
         stem, (skip1, skip2, skip3, skip4), deepest, (idx0, idx1, idx2, idx3, idx4) = features
 
         # Semantic decoder: 1/32 -> 1/1, bilinear upsampling.
         d4_g = upsample(self.decoder4_g(deepest), 2)
         d3_g = upsample(self.decoder3_g(d4_g), 2)
-        d2_g, side2 = self.dbfi_2(d3_g, deepest)
+        d2_g, side2 = self.dbfi_2(d3_g, deepest, need_global)
         d2_g = upsample(self.decoder2_g(d2_g), 2)
-        d1_g, side1 = self.dbfi_1(d2_g, deepest)
+        d1_g, side1 = self.dbfi_1(d2_g, deepest, need_global)
         d1_g = upsample(self.decoder1_g(d1_g), 2)
-        d0_g, side0 = self.dbfi_0(d1_g, deepest)
-        global_logits = upsample(self.decoder0_g(d0_g), 2)
-        if self.spec.semantic_head:
-            global_logits = self.decoder_final_g(global_logits)
+        global_logits = sides = None
+        if need_global:
+            d0_g, side0 = self.dbfi_0(d1_g, deepest)
+            global_logits = upsample(self.decoder0_g(d0_g), 2)
+            if self.spec.semantic_head:
+                global_logits = self.decoder_final_g(global_logits)
+            sides = (side2, side1, side0)
 
-        # Matting decoder: 1/32 -> 1/1, max-unpooling with the encoder's indices.
-        d4_l = F.max_unpool2d(self.decoder4_l(deepest), idx4, kernel_size=2, stride=2)
-        d3_l = self.decoder3_l(self.tfi_3(d4_g, d4_l, skip4))
-        d3_l = F.max_unpool2d(d3_l, idx3, kernel_size=2, stride=2)
-        d2_l = self.sbfi_2(self.tfi_2(d3_g, d3_l, skip3), stem)
-        d2_l = F.max_unpool2d(self.decoder2_l(d2_l), idx2, kernel_size=2, stride=2)
-        d1_l = self.sbfi_1(self.tfi_1(d2_g, d2_l, skip2), stem)
-        d1_l = F.max_unpool2d(self.decoder1_l(d1_l), idx1, kernel_size=2, stride=2)
-        d0_l = self.sbfi_0(self.tfi_0(d1_g, d1_l, skip1), stem)
-        d0_l = F.max_unpool2d(self.decoder0_l(d0_l), idx0, kernel_size=2, stride=2)
-        local_alpha = torch.sigmoid(self.decoder_final_l(d0_l))
+        local_alpha = None
+        if need_local:
+            # Matting decoder: 1/32 -> 1/1, max-unpooling with the encoder's indices.
+            d4_l = F.max_unpool2d(self.decoder4_l(deepest), idx4, kernel_size=2, stride=2)
+            d3_l = self.decoder3_l(self.tfi_3(d4_g, d4_l, skip4))
+            d3_l = F.max_unpool2d(d3_l, idx3, kernel_size=2, stride=2)
+            d2_l = self.sbfi_2(self.tfi_2(d3_g, d3_l, skip3), stem)
+            d2_l = F.max_unpool2d(self.decoder2_l(d2_l), idx2, kernel_size=2, stride=2)
+            d1_l = self.sbfi_1(self.tfi_1(d2_g, d2_l, skip2), stem)
+            d1_l = F.max_unpool2d(self.decoder1_l(d1_l), idx1, kernel_size=2, stride=2)
+            d0_l = self.sbfi_0(self.tfi_0(d1_g, d1_l, skip1), stem)
+            d0_l = F.max_unpool2d(self.decoder0_l(d0_l), idx0, kernel_size=2, stride=2)
+            local_alpha = torch.sigmoid(self.decoder_final_l(d0_l))
 
-        return P3MOutput(global_logits, local_alpha, fuse(global_logits, local_alpha), (side2, side1, side0))
+        fused = fuse(global_logits, local_alpha) if need_global and need_local else None
+        return P3MOutput(global_logits, local_alpha, fused, sides)

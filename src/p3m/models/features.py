@@ -19,7 +19,7 @@ decoder unpools with them.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -40,9 +40,11 @@ class P3MOutput(NamedTuple):
                    foreground, ``local_alpha`` in the transition region.
     side_logits:   three (N, 3, H, W) dBFI side logits (side2, side1, side0),
                    upsampled to the input size; used by the training losses.
+
+    When the network is asked for one branch only, the others are None.
     """
 
-    global_logits: torch.Tensor
-    local_alpha: torch.Tensor
-    fused_alpha: torch.Tensor
-    side_logits: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    global_logits: Optional[torch.Tensor]
+    local_alpha: Optional[torch.Tensor]
+    fused_alpha: Optional[torch.Tensor]
+    side_logits: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]

@@ -80,8 +80,8 @@ class SBFI(nn.Module):
 class DBFI(nn.Module):
     """Deep Bipartite-Feature Integration: semantic features + upsampled deepest features.
 
-    Returns the refined features (residual) and a 3-class side output upsampled
-    by ``32 / stride`` to the input size.
+    Returns the refined features (residual) and, ``with_side``, a 3-class side
+    output upsampled by ``32 / stride`` to the input size.
     """
 
     def __init__(self, planes: int, deep_channels: int, stride: int):
@@ -93,9 +93,10 @@ class DBFI(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, 3)
 
-    def forward(self, semantic: torch.Tensor, deepest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, semantic: torch.Tensor, deepest: torch.Tensor,
+                with_side: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         deep = upsample(self.transform2(deepest), self.stride)
         x = torch.cat([self.transform1(semantic), deep], dim=1)
         out = F.relu_(self.bn1(self.conv1(x))) + semantic
-        side = upsample(self.conv2(out), 32 // self.stride)
+        side = upsample(self.conv2(out), 32 // self.stride) if with_side else None
         return out, side

@@ -20,8 +20,9 @@ class P3MNet(nn.Module):
         self.encoder = encoder
         self.decoder = DualDecoder(decoder_spec)
 
-    def forward(self, image: torch.Tensor) -> P3MOutput:
+    def forward(self, image: torch.Tensor, need_global: bool = True, need_local: bool = True) -> P3MOutput:
+        """``need_global`` / ``need_local``: compute only these branches (see ``DualDecoder.forward``)."""
         height, width = image.shape[-2:]
         if height % 32 or width % 32:
             raise ValueError(f"P3M-Net needs sides that are multiples of 32, got {height}x{width}")
-        return self.decoder(self.encoder(image))
+        return self.decoder(self.encoder(image), need_global=need_global, need_local=need_local)

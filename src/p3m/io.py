@@ -129,7 +129,7 @@ def read_mask(path: Union[str, os.PathLike]) -> np.ndarray:
         raise ImageReadError(f"{path}: cannot read image ({error})") from None
     if array.ndim == 3:
         array = array[:, :, 0]
-    return np.ascontiguousarray(array.astype(np.uint8, copy=False))
+    return np.array(array, dtype=np.uint8, order="C")
 
 
 def atomic_write(path: Union[str, os.PathLike], write) -> Path:

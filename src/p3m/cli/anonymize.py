@@ -1,0 +1,124 @@
+"""``p3m anonymize``: obfuscate the faces in images, verify, report."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from p3m.cli import CommandError
+
+# Mirrors p3m.privacy.METHODS and DEFAULT_THRESHOLD, kept here so that `p3m --help`
+# does not import OpenCV (a test checks they agree).
+METHODS = ("blur", "mosaic", "fill")
+DEFAULT_THRESHOLD = 0.5
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "anonymize", help="blur, pixelate or fill the faces in images, and verify none is left",
+        description="Detect faces, obfuscate them, and detect again on the result: an image in which a face "
+                    "is still found is reported as not anonymized, is not written, and makes the command "
+                    "exit with status 1. Outputs keep the input's format (JPEG at quality 95) without its "
+                    "metadata.")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files, folders (searched recursively) or glob patterns")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT",
+                        help="output folder; the inputs' relative paths are mirrored under it")
+    parser.add_argument("--method", choices=METHODS, default="blur",
+                        help="blur: the P3M-10k look (default); mosaic: large blocks; fill: flat gray")
+    parser.add_argument("--masks", metavar="DIR",
+                        help="also write a face mask per image here (PNG, 255 on faces, 0 elsewhere)")
+    parser.add_argument("--report", metavar="FILE", help="write a JSON report with one entry per input")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, metavar="T",
+                        help=f"face detection score threshold in (0, 1) (default {DEFAULT_THRESHOLD}); "
+                             "lower finds more faces")
+    parser.add_argument("--dataset", action="store_true",
+                        help="INPUT is one folder: write a P3M-10k tree OUT/blurred_image/ and OUT/facemask/, "
+                             "and copy INPUT/mask/ (alpha mattes, skipped as inputs) to OUT/mask/")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run)
+
+
+def _plan(args) -> tuple[list, list, list, list]:
+    """(pairs, outputs, masks, alpha copies as (source, target)) for the chosen layout."""
+    from p3m.inputs import check_output_folder, collect_inputs, output_paths
+
+    out = Path(args.output)
+    try:
+        check_output_folder(out, args.inputs)
+        if args.masks:
+            check_output_folder(args.masks, args.inputs)
+        if args.dataset:
+            if len(args.inputs) != 1 or not Path(args.inputs[0]).is_dir():
+                raise CommandError("--dataset takes exactly one folder as INPUT")
+            if args.masks:
+                raise CommandError("--masks cannot be combined with --dataset (face masks go to OUT/facemask/)")
+            root = Path(args.inputs[0])
+            pairs = [pair for pair in collect_inputs([str(root)]) if pair[1].parts[0] != "mask"]
+            if not pairs:
+                raise CommandError(f"{root}: no images outside its mask/ folder")
+            alphas = collect_inputs([str(root / "mask")]) if (root / "mask").is_dir() else []
+            alpha_copies = list(zip([source for source, _ in alphas], output_paths(alphas, out / "mask")))
+            return (pairs, output_paths(pairs, out / "blurred_image"),
+                    output_paths(pairs, out / "facemask", ".png"), alpha_copies)
+        pairs = collect_inputs(args.inputs)
+        masks = output_paths(pairs, args.masks, ".png") if args.masks else [None] * len(pairs)
+        return pairs, output_paths(pairs, out), masks, []
+    except (FileNotFoundError, ValueError) as error:
+        raise CommandError(str(error)) from None
+
+
+def _copy(source: Path, target: Path) -> None:
+    import shutil
+
+    from p3m.io import atomic_write
+
+    atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0.0 < args.threshold < 1.0:
+        raise CommandError(f"--threshold must be between 0 and 1, got {args.threshold}")
+    pairs, outputs, masks, alpha_copies = _plan(args)
+
+    from tqdm import tqdm
+
+    from p3m import privacy
+
+    try:
+        detector = privacy.default_detector()
+    except privacy.DetectorError as error:
+        raise CommandError(str(error)) from None
+
+    reports = []
+    jobs = list(zip(pairs, outputs, masks))
+    quiet = args.quiet or len(jobs) < 2
+    for (source, _), output, mask in tqdm(jobs, unit="image", disable=True if quiet else None, file=sys.stderr):
+        report = privacy.anonymize_file(source, output, mask, args.method, args.threshold, detector)
+        if not report.ok:
+            tqdm.write(f"error: {report.error}", file=sys.stderr)
+        reports.append(report)
+
+    copy_failures = 0
+    for source, target in alpha_copies:
+        try:
+            _copy(source, target)
+        except OSError as error:
+            copy_failures += 1
+            print(f"error: {source}: cannot copy to {target} ({error.strerror or error})", file=sys.stderr)
+
+    if args.report:
+        from p3m.io import atomic_write
+
+        entries = [report.to_dict() for report in reports]
+        try:
+            atomic_write(args.report, lambda tmp: tmp.write_text(json.dumps(entries, indent=2) + "\n"))
+        except OSError as error:
+            raise CommandError(f"{args.report}: cannot write report ({error.strerror or error})") from None
+
+    summary = privacy.summarize(reports)
+    if alpha_copies:
+        summary += f"; {len(alpha_copies) - copy_failures} of {len(alpha_copies)} mattes copied to mask/"
+    print(f"p3m anonymize: {summary} -> {args.output}", file=sys.stderr)
+    return 0 if all(report.ok for report in reports) and not copy_failures else 1

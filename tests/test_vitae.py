@@ -164,3 +164,18 @@ def test_bad_performer_features_are_refused(checkpoint_without_features, tmp_pat
     torch.save({"state_dict": misplaced}, tmp_path / "misplaced.pth")
     with pytest.raises(CheckpointError, match=r"1 unexpected keys \(encoder\.layers\.1\.NC\.0\.attn\.w\)"):
         load_weights(create_model("vitae-s"), tmp_path / "misplaced.pth", "vitae-s")
+
+
+def test_matte_command_with_vitae(vitae_checkpoint, fixtures_dir, tmp_path):
+    from PIL import Image
+
+    from p3m.cli import main
+
+    status = main(["matte", str(fixtures_dir / "ref_small.png"), "-o", str(tmp_path), "--model", "vitae-s",
+                   "--weights", str(vitae_checkpoint), "--method", "resize", "--device", "cpu",
+                   "--output-kinds", "alpha", "--quiet"])
+    assert status == 0
+    written = np.asarray(Image.open(tmp_path / "alpha" / "ref_small.png"), np.float32) / 255
+    reference = np.load(fixtures_dir / "vitae_pipeline_ref_small.npz")["RESIZE"]
+    assert written.shape == reference.shape
+    assert np.abs(written - reference).max() <= 1 / 255 + 1e-6

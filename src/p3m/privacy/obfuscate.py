@@ -151,18 +151,15 @@ def obfuscate(image: np.ndarray, faces: Sequence[Face], method: str = "blur", ma
     output = image.copy()
     for face in faces:
         ellipse = face_ellipse(face, margin)
-        window = _window(ellipse, 1.0 + feather, image.shape[:2])
+        # reach well past the feather band, so that the blur has context on every side
+        window = _window(ellipse, 2.0 * (1.0 + feather), image.shape[:2])
         if window is None:
             continue
         weights = _weights(ellipse, window, feather)[:, :, None]
         patch = output[window]
         face_width = 2.0 * min(ellipse.a, ellipse.b) / (1.0 + margin)
         if method == "blur":
-            context = _window(ellipse, 2.0 * (1.0 + feather), image.shape[:2])
-            blurred = _blurred(output[context], face_width)
-            rows, cols = window
-            hidden = blurred[rows.start - context[0].start: rows.stop - context[0].start,
-                             cols.start - context[1].start: cols.stop - context[1].start]
+            hidden = _blurred(patch, face_width)
         elif method == "mosaic":
             hidden = _pixelated(patch, face_width)
         else:

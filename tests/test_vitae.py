@@ -103,6 +103,15 @@ def test_performer_features_are_orthogonal_and_scaled():
     assert not torch.allclose(features, orthogonal_random_features(2, 32, 64, seed=8))
 
 
+def test_seeded_features_are_pinned(seeded_model):
+    # The recipe is part of the model: changing it changes every ViTAE-S alpha.
+    first, second = _features(seeded_model)
+    torch.testing.assert_close(first[0, 0, :4], torch.tensor([-0.375480, -0.155125, -0.861066, -0.908298]),
+                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(second[0, 31, -3:], torch.tensor([0.441534, 0.471728, 0.009182]),
+                               rtol=0, atol=1e-6)
+
+
 def test_two_constructions_give_the_same_alpha(seeded_model, checkpoint_without_features):
     torch.manual_seed(1234)  # the global random state must not matter
     second = load_weights(create_model("vitae-s"), checkpoint_without_features, "vitae-s").eval()

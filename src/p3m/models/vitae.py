@@ -19,7 +19,8 @@ from p3m.models.p3mnet import P3MNet
 from p3m.models.registry import ModelSpec, PretrainedWeights, StateDict, register_model
 from p3m.models.vitae_layers import NormalCell, PatchEmbed, PatchMerging, map_to_tokens, tokens_to_map
 
-# Base seed of the Performer random features; each attention adds the CRC-32 of its path.
+# Base seed of the Performer random features; each attention adds the CRC-32 of its path
+# (modulo 2**32, numpy's seed range).
 PERFORMER_SEED = 20230
 TOKEN_DIMS = (64, 128, 256, 512)
 DEPTHS = (2, 2, 12, 2)
@@ -30,7 +31,7 @@ PCM_GROUPS = (1, 32, 64, 128)
 def performer_seed(path: str) -> int:
     """Seed of the random features of the Performer at ``path`` (official key prefix,
     e.g. ``encoder.layers.0.NC.0.attn``)."""
-    return PERFORMER_SEED + zlib.crc32(path.encode())
+    return (PERFORMER_SEED + zlib.crc32(path.encode())) % 2**32
 
 
 class ViTAEStage(nn.Module):

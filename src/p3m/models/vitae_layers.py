@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,16 +40,16 @@ def orthogonal_random_features(heads: int, features: int, head_dim: int, seed: i
     """Random-feature matrices of a Performer: per head, ``features`` orthonormal rows
     of length ``head_dim`` scaled by sqrt(features).
 
-    Drawn from a generator seeded with ``seed``, so the result depends on ``seed`` only.
+    The Gaussian draw comes from numpy's legacy ``RandomState(seed)``, whose
+    stream numpy keeps fixed across versions, so the result depends on ``seed`` only.
 
     Returns:
         (heads, features, head_dim) float32.
     """
     if features > head_dim:
         raise ValueError(f"cannot draw {features} orthogonal rows of length {head_dim}")
-    generator = torch.Generator().manual_seed(seed)
-    gaussian = torch.randn(heads, head_dim, features, generator=generator, dtype=torch.float64)
-    q, r = torch.linalg.qr(gaussian)  # q: (heads, head_dim, features), orthonormal columns
+    gaussian = np.random.RandomState(seed).standard_normal((heads, head_dim, features))
+    q, r = torch.linalg.qr(torch.from_numpy(gaussian))  # q: (heads, head_dim, features), orthonormal columns
     q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
     return (q.transpose(-2, -1) * math.sqrt(features)).to(torch.float32)
 

@@ -107,6 +107,15 @@ def test_output_inside_input_folder_is_refused(inputs, r34_checkpoint, capsys):
     assert not (inputs / "out").exists()
 
 
+def test_inputs_sharing_an_output_are_refused(inputs, tmp_path, r34_checkpoint, capsys):
+    Image.fromarray(_portrait()).save(inputs / "plain.png")
+    status = main(["matte", str(inputs / "plain.jpg"), str(inputs / "plain.png"), "-o", str(tmp_path / "o"),
+                   "--weights", str(r34_checkpoint)])
+    assert status == 2
+    assert "would both be written to" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--output-kinds", "alpha,mask"], "unknown output kind mask"),
     (["--background", "not-a-colour"], "--background"),

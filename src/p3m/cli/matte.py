@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -37,19 +36,11 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
-def _check_output_outside_inputs(out_dir: Path, inputs: list[str]) -> None:
-    out_real = Path(os.path.realpath(out_dir))
-    for text in inputs:
-        folder = Path(os.path.realpath(text))
-        if folder.is_dir() and (out_real == folder or folder in out_real.parents):
-            raise CommandError(f"output folder {out_dir} is inside input folder {text}; choose a folder outside it")
-
-
 def run(args: argparse.Namespace) -> int:
     from p3m.checkpoint import CheckpointError
     from p3m.inference.batch import MatteOptions, matte_files
     from p3m.inference.matter import Matter
-    from p3m.inputs import collect_inputs
+    from p3m.inputs import check_output_folder, collect_inputs, output_paths
     from p3m.weights import WeightsUnavailableError
 
     try:
@@ -57,9 +48,11 @@ def run(args: argparse.Namespace) -> int:
                                background=args.background, foreground=args.foreground,
                                alpha_depth=args.alpha_depth, overwrite=args.overwrite)
         pairs = collect_inputs(args.inputs)
+        check_output_folder(args.output, args.inputs)
+        for kind in options.outputs:  # refuse two inputs sharing an output, or an output over an input
+            output_paths(pairs, args.output / kind, suffix=".png")
     except (ValueError, FileNotFoundError) as error:
         raise CommandError(str(error)) from None
-    _check_output_outside_inputs(args.output, args.inputs)
     if "composite" in options.outputs:
         from p3m.inference.compose import Background
 

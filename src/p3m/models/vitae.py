@@ -17,7 +17,7 @@ from p3m.models.decoder import DecoderSpec
 from p3m.models.features import EncoderFeatures
 from p3m.models.p3mnet import P3MNet
 from p3m.models.registry import ModelSpec, PretrainedWeights, StateDict, register_model
-from p3m.models.vitae_layers import NormalCell, PatchEmbed, PatchMerging, map_to_tokens, tokens_to_map
+from p3m.models.vitae_layers import NormalCell, PatchEmbed, PatchMerging, tokens_to_map
 
 # Base seed of the Performer random features; each attention adds the CRC-32 of its path
 # (modulo 2**32, numpy's seed range).

@@ -75,7 +75,7 @@ def test_encoder_honours_the_feature_contract(vitae_model):
     with torch.inference_mode():
         features = vitae_model.encoder(torch.randn(2, 3, 64, 96))
     assert isinstance(features, EncoderFeatures)
-    assert features.stem.shape == (2, 32, 64, 96)
+    assert features.stem.shape == (2, 32, 32, 48)
     assert [tuple(skip.shape) for skip in features.skips] == [
         (2, 64, 32, 48), (2, 64, 16, 24), (2, 128, 8, 12), (2, 256, 4, 6)]
     assert features.deepest.shape == (2, 512, 2, 3)

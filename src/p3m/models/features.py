@@ -7,12 +7,14 @@ multiple of 32:
 ==========  ========================  =====================================
 field       shape                     role
 ==========  ========================  =====================================
-``stem``    (N, C_stem, H, W)         full-resolution features, pooled by sBFI
+``stem``    (N, C_stem, H/2, W/2)     full-resolution features max-pooled 2x2/2, for sBFI
 ``skips``   4 x (N, C_i, H/2^(i+1))   levels 1/2, 1/4, 1/8, 1/16, fed to TFI
 ``deepest`` (N, 512, H/32, W/32)      input to both decoders and to dBFI
 ``indices`` 5 x max-pool indices      indices[i] pooled level i to level i+1
 ==========  ========================  =====================================
 
+The stem is handed over pooled so that the full-resolution map is freed with
+the encoder; every sBFI pooling (2x2, stride 2, 4 or 8) is a subsample of it.
 ``indices[i]`` has the shape of the level-(i+1) feature map and indexes into
 level i, as returned by ``max_pool2d(..., return_indices=True)``; the matting
 decoder unpools with them.

@@ -60,7 +60,9 @@ class TFI(nn.Module):
 class SBFI(nn.Module):
     """Shallow Bipartite-Feature Integration: matting features + max-pooled stem (residual).
 
-    ``stride`` brings the full-resolution stem down to the matting feature's size.
+    The official module max-pools the full-resolution stem with a 2x2 window and
+    ``stride`` (2, 4 or 8); those windows are every (stride/2)-th window of the
+    2x2/2 pooling, so it takes that pooled stem and subsamples it (same values).
     """
 
     def __init__(self, planes: int, stem_channels: int, stride: int):
@@ -71,8 +73,9 @@ class SBFI(nn.Module):
         self.conv1 = conv3x3(planes, planes)
         self.bn1 = nn.BatchNorm2d(planes)
 
-    def forward(self, matting: torch.Tensor, stem: torch.Tensor) -> torch.Tensor:
-        pooled = F.max_pool2d(stem, kernel_size=2, stride=self.stride)
+    def forward(self, matting: torch.Tensor, pooled_stem: torch.Tensor) -> torch.Tensor:
+        step = self.stride // 2
+        pooled = pooled_stem[:, :, ::step, ::step]
         x = torch.cat([self.transform1(matting), self.transform2(pooled)], dim=1)
         return F.relu_(self.bn1(self.conv1(x))) + matting
 

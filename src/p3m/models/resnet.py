@@ -41,7 +41,8 @@ def _pool(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class ResNet34MaxPoolEncoder(nn.Module):
     """ResNet-34 with stride-1 convolutions and five indexed max-pools.
 
-    Returns, for a (N, 3, H, W) input: stem (N, 64, H, W); skips at 1/2, 1/4,
+    Returns, for a (N, 3, H, W) input: stem (N, 64, H/2, W/2), the 2x2-pooled
+    full-resolution features; skips at 1/2, 1/4,
     1/8, 1/16 with 64, 64, 128, 256 channels; deepest (N, 512, H/32, W/32).
     """
 
@@ -62,6 +63,8 @@ class ResNet34MaxPoolEncoder(nn.Module):
     def forward(self, image: torch.Tensor) -> EncoderFeatures:
         e0 = F.relu_(self.bn1(self.conv1(image)))
         e0p, idx0 = _pool(e0)
+        stem = F.max_pool2d(e0, kernel_size=2, stride=2)
+        del e0
         e1p, idx1 = _pool(e0p)
         e1 = self.layer1(e1p)
         e2p, idx2 = _pool(e1)
@@ -70,7 +73,7 @@ class ResNet34MaxPoolEncoder(nn.Module):
         e3 = self.layer3(e3p)
         e4p, idx4 = _pool(e3)
         e4 = self.layer4(e4p)
-        return EncoderFeatures(e0, (e0p, e1, e2, e3), e4, (idx0, idx1, idx2, idx3, idx4))
+        return EncoderFeatures(stem, (e0p, e1, e2, e3), e4, (idx0, idx1, idx2, idx3, idx4))
 
 
 RESNET34_DECODER = DecoderSpec(

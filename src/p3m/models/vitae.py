@@ -11,6 +11,7 @@ import re
 import zlib
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from p3m.models.decoder import DecoderSpec
@@ -50,7 +51,8 @@ class ViTAEStage(nn.Module):
 class ViTAESMaxPoolEncoder(nn.Module):
     """ViTAE-S with indexed max-pool downsampling.
 
-    Returns, for a (N, 3, H, W) input: stem (N, 32, H, W); skips at 1/2, 1/4,
+    Returns, for a (N, 3, H, W) input: stem (N, 32, H/2, W/2), the 2x2-pooled
+    full-resolution features; skips at 1/2, 1/4,
     1/8, 1/16 with 64, 64, 128, 256 channels; deepest (N, 512, H/32, W/32).
     The 1/4, 1/8 and 1/16 skips are the layer-normalised tokens of stages 1-3
     just before they are pooled. All maps are channels-last in memory: tokens
@@ -70,7 +72,9 @@ class ViTAESMaxPoolEncoder(nn.Module):
     def forward(self, image: torch.Tensor) -> EncoderFeatures:
         height, width = image.shape[-2:]
         first = self.layers[0]
-        tokens, (idx0, idx1), (stem, half) = first.RC(image.contiguous(memory_format=torch.channels_last))
+        tokens, (idx0, idx1), (full, half) = first.RC(image.contiguous(memory_format=torch.channels_last))
+        stem = F.max_pool2d(full, kernel_size=2, stride=2)
+        del full
         size = (height // 4, width // 4)
         for cell in first.NC:
             tokens = cell(tokens, size)

@@ -262,3 +262,26 @@ def test_backbone_without_matching_tensors_is_an_error(tmp_path):
     (tmp_path / "broken.pth").write_bytes(path.read_bytes()[:200])  # a truncated download
     with pytest.raises(BackboneError, match="not a readable"):
         load_backbone(create_model("resnet34"), tmp_path / "broken.pth")
+
+
+def test_parameters_without_gradient_are_frozen_for_ddp():
+    from p3m.models.features import P3MOutput
+    from p3m.train.trainer import _freeze_unused_parameters
+
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used = torch.nn.Conv2d(3, 3, 1)
+            self.unused = torch.nn.Linear(2, 2)
+            self.bn = torch.nn.BatchNorm2d(3)
+
+        def forward(self, image):
+            logits = self.bn(self.used(image))
+            alpha = torch.sigmoid(logits[:, :1])
+            return P3MOutput(logits, alpha, alpha, (logits, logits, logits))
+
+    model = Toy()
+    before = model.bn.running_mean.clone()
+    assert _freeze_unused_parameters(model, torch.device("cpu")) == ["unused.weight", "unused.bias"]
+    assert not model.unused.weight.requires_grad and model.used.weight.requires_grad
+    assert torch.equal(model.bn.running_mean, before)  # the probe ran on a copy

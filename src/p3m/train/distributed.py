@@ -91,7 +91,7 @@ def mean_across(info: DistInfo, values: dict[str, float], device: torch.device) 
     """Average scalar values over all processes (every process must call it)."""
     if not info.enabled or not values:
         return values
-    keys = sorted(values)
+    keys = list(values)  # the same order on every process
     tensor = torch.tensor([values[key] for key in keys], dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     tensor /= info.world_size

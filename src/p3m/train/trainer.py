@@ -585,6 +585,12 @@ def _train(config: TrainConfig, resume, info: DistInfo, device: torch.device) ->
     if config.sync_bn and info.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     module = model.to(device)
+    # Frozen in every run, not only distributed ones, so that the optimiser state of a
+    # checkpoint fits whatever number of processes resumes it.
+    unused = _freeze_unused_parameters(module, device)
+    if unused:
+        log(f"{len(unused)} parameter tensor(s) of {spec.name} never receive a gradient and are frozen: "
+            f"{', '.join(unused[:4])}{', ...' if len(unused) > 4 else ''}")
     if info.enabled:
         model = nn.parallel.DistributedDataParallel(
             module, device_ids=[device.index] if device.type == "cuda" else None,
@@ -631,6 +637,27 @@ def _train(config: TrainConfig, resume, info: DistInfo, device: torch.device) ->
         log(f"done: {trainer.step} steps; weights {output / LAST}")
     distributed.barrier(info)
     return TrainResult(output, trainer.step, total_steps, trainer.interrupted)
+
+
+def _freeze_unused_parameters(module: nn.Module, device: torch.device) -> list[str]:
+    """Freeze parameters that no output depends on, found with one small forward/backward on a copy.
+
+    DistributedDataParallel otherwise waits forever for their gradients; freezing them
+    changes nothing, since Adam skips parameters without gradients.
+    """
+    import copy
+
+    probe = copy.deepcopy(module).train()
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    output = probe(torch.randn(1, 3, 64, 64, generator=generator).to(device))
+    total = sum(tensor.float().sum() for tensor in (output.global_logits, output.local_alpha, *output.side_logits))
+    total.backward()
+    unused = [name for name, param in probe.named_parameters() if param.requires_grad and param.grad is None]
+    del probe, output, total
+    params = dict(module.named_parameters())
+    for name in unused:
+        params[name].requires_grad_(False)
+    return unused
 
 
 def _worker_context():

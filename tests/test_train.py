@@ -20,7 +20,6 @@ from p3m.checkpoint import read_checkpoint
 from p3m.cli import main
 from p3m.data.synth import write_dataset
 from p3m.inference.matter import Matter
-from p3m.io import save_image
 from p3m.models import create_model
 from p3m.train.backbone import BackboneError, load_backbone
 from p3m.train.config import DEFAULT_CONFIG, ConfigError, TrainConfig, load_yaml, merge
@@ -285,3 +284,20 @@ def test_parameters_without_gradient_are_frozen_for_ddp():
     assert _freeze_unused_parameters(model, torch.device("cpu")) == ["unused.weight", "unused.bias"]
     assert not model.unused.weight.requires_grad and model.used.weight.requires_grad
     assert torch.equal(model.bn.running_mean, before)  # the probe ran on a copy
+
+
+def test_fine_tuning_starts_from_given_weights(trained_run, data_root, tmp_path, capsys):
+    run = tmp_path / "finetune"
+    assert main(["train", "--data", str(data_root), "--output", str(run), *SMALL, "--max-steps", "1",
+                 "--weights", str(trained_run / "last.pth")]) == 0
+    assert f"initial weights: {trained_run / 'last.pth'}" in capsys.readouterr().err
+    # Same first batch as the trained run's step 1 (same seed), but 20 steps further trained.
+    assert _log(run)[0]["loss"] < 0.85 * _log(trained_run)[0]["loss"]
+    # A weights-only file cannot be resumed from.
+    from p3m.checkpoint import save_weights
+
+    plain = tmp_path / "plain.pth"
+    model = create_model("resnet34")
+    save_weights(model, plain, "resnet34")
+    assert main(["train", "--data", str(data_root), "--output", str(tmp_path / "r2"), "--resume", str(plain)]) == 2
+    assert "no training state" in capsys.readouterr().err

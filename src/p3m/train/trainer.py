@@ -537,6 +537,12 @@ def _train(config: TrainConfig, resume, info: DistInfo, device: torch.device) ->
         raise TrainingError(f"--precision fp16 needs CUDA or the CPU, not {device.type}")
     spec = get_spec(config.model)
     config.model = spec.name
+    resume_state = None
+    if resume:
+        resume_state = read_checkpoint(resume).get("train_state")
+        if resume_state is None:
+            raise TrainingError(f"{resume}: holds weights but no training state; start a new run from it "
+                                f"with --weights instead of --resume")
 
     dataset = P3MTrainDataset(config.data, config.image_size, config.crop_sizes, tuple(config.trimap_kernel),
                               use_fgbg={"auto": None, "on": True, "off": False}[config.composition])
@@ -567,7 +573,12 @@ def _train(config: TrainConfig, resume, info: DistInfo, device: torch.device) ->
     if config.weights and not resume:
         from p3m.weights import resolve
 
-        path = resolve(spec.name, None if config.weights == "official" else config.weights)
+        name = None if config.weights == "official" else config.weights
+        if info.is_main:
+            path = resolve(spec.name, name)  # downloads once, before the other processes look
+        distributed.barrier(info)
+        if not info.is_main:
+            path = resolve(spec.name, name, allow_download=False)
         load_weights(model, path, spec.name)
         log(f"initial weights: {path}")
     elif config.backbone_weights and not resume:
@@ -604,12 +615,8 @@ def _train(config: TrainConfig, resume, info: DistInfo, device: torch.device) ->
     trainer = Trainer(config, model, module, optimizer, scheduler, scaler, loader, sampler, device, info, output,
                       total_steps, dataset.use_fgbg, log=log)
     if resume:
-        content = read_checkpoint(resume)
-        if "train_state" not in content:
-            raise TrainingError(f"{resume}: holds weights but no training state; start a new run from it "
-                                f"with --weights instead of --resume")
         load_weights(module, resume, spec.name)
-        trainer.load_train_state(content["train_state"])
+        trainer.load_train_state(resume_state)
         log(f"resumed from {resume} at step {trainer.step}")
         if info.is_main:
             _truncate_jsonl(output / LOG, trainer.step)

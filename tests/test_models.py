@@ -101,10 +101,11 @@ def test_truncated_checkpoint_gives_one_clear_error(r34_checkpoint, tmp_path):
 def test_missing_file_and_non_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="no such checkpoint file"):
         load_weights(create_model("resnet34"), tmp_path / "absent.pth", "resnet34")
-    junk = tmp_path / "junk.pth"
-    junk.write_text("not a checkpoint")
-    with pytest.raises(CheckpointError, match="junk.pth: not a readable PyTorch checkpoint"):
-        load_weights(create_model("resnet34"), junk, "resnet34")
+    for name, content in [("junk.pth", b"not a checkpoint"), ("tiny.pth", b"\x80\x02"), ("empty.pth", b"")]:
+        junk = tmp_path / name
+        junk.write_bytes(content)
+        with pytest.raises(CheckpointError, match=f"{name}: not a readable PyTorch checkpoint"):
+            load_weights(create_model("resnet34"), junk, "resnet34")
 
 
 def test_wrong_keys_name_the_file_and_examples(r34_checkpoint, tmp_path):

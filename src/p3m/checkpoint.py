@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import struct
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping, Union
@@ -34,7 +35,7 @@ def read_checkpoint(path: PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as error:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, struct.error, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint (truncated or corrupt download?): {first_line}"

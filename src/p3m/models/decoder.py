@@ -35,6 +35,15 @@ class DecoderSpec:
     deep_channels: int = 512
 
 
+def unpool(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """2x2 max-unpooling with the encoder's indices.
+
+    Inputs are made contiguous first: PyTorch's CPU ``max_unpool2d`` places
+    values wrongly for channels-last tensors, which the rest of the network uses.
+    """
+    return F.max_unpool2d(x.contiguous(), indices.contiguous(), kernel_size=2, stride=2)
+
+
 def fuse(global_logits: torch.Tensor, local_alpha: torch.Tensor) -> torch.Tensor:
     """Fusion of the official model: argmax background -> 0, foreground -> 1, transition -> local.
 
@@ -104,15 +113,15 @@ class DualDecoder(nn.Module):
         local_alpha = None
         if need_local:
             # Matting decoder: 1/32 -> 1/1, max-unpooling with the encoder's indices.
-            d4_l = F.max_unpool2d(self.decoder4_l(deepest), idx4, kernel_size=2, stride=2)
+            d4_l = unpool(self.decoder4_l(deepest), idx4)
             d3_l = self.decoder3_l(self.tfi_3(d4_g, d4_l, skip4))
-            d3_l = F.max_unpool2d(d3_l, idx3, kernel_size=2, stride=2)
+            d3_l = unpool(d3_l, idx3)
             d2_l = self.sbfi_2(self.tfi_2(d3_g, d3_l, skip3), stem)
-            d2_l = F.max_unpool2d(self.decoder2_l(d2_l), idx2, kernel_size=2, stride=2)
+            d2_l = unpool(self.decoder2_l(d2_l), idx2)
             d1_l = self.sbfi_1(self.tfi_1(d2_g, d2_l, skip2), stem)
-            d1_l = F.max_unpool2d(self.decoder1_l(d1_l), idx1, kernel_size=2, stride=2)
+            d1_l = unpool(self.decoder1_l(d1_l), idx1)
             d0_l = self.sbfi_0(self.tfi_0(d1_g, d1_l, skip1), stem)
-            d0_l = F.max_unpool2d(self.decoder0_l(d0_l), idx0, kernel_size=2, stride=2)
+            d0_l = unpool(self.decoder0_l(d0_l), idx0)
             local_alpha = torch.sigmoid(self.decoder_final_l(d0_l))
 
         fused = fuse(global_logits, local_alpha) if need_global and need_local else None

@@ -47,7 +47,7 @@ def test_batch_processes_good_files_reports_bad_ones(inputs, tmp_path, r34_check
     before = _listing(inputs)
     out = tmp_path / "out"
     status = main(["matte", str(inputs), "-o", str(out), "--weights", str(r34_checkpoint), "--quiet",
-                   "--output-kinds", "alpha,rgba,composite,trimap", "--background", "0,255,0"])
+                   "--output", "alpha,rgba,composite,trimap", "--background", "0,255,0"])
     assert status == 1
     err = capsys.readouterr().err
     assert "notes.png: not an image file" in err
@@ -117,13 +117,13 @@ def test_inputs_sharing_an_output_are_refused(inputs, tmp_path, r34_checkpoint, 
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--output-kinds", "alpha,mask"], "unknown output kind mask"),
+    (["--output", "alpha,mask"], "unknown output kind mask"),
     (["--background", "not-a-colour"], "--background"),
     (["--model", "resnet50"], "unknown model"),
 ])
 def test_bad_options_are_one_line_errors(inputs, tmp_path, r34_checkpoint, capsys, args, message):
     status = main(["matte", str(inputs / "plain.jpg"), "-o", str(tmp_path / "o"),
-                   "--weights", str(r34_checkpoint), "--output-kinds", "composite", *args])
+                   "--weights", str(r34_checkpoint), "--output", "composite", *args])
     assert status == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err

@@ -182,7 +182,7 @@ def test_matte_command_with_vitae(vitae_checkpoint, fixtures_dir, tmp_path):
 
     status = main(["matte", str(fixtures_dir / "ref_small.png"), "-o", str(tmp_path), "--model", "vitae-s",
                    "--weights", str(vitae_checkpoint), "--method", "resize", "--device", "cpu",
-                   "--output-kinds", "alpha", "--quiet"])
+                   "--output", "alpha", "--quiet"])
     assert status == 0
     written = np.asarray(Image.open(tmp_path / "alpha" / "ref_small.png"), np.float32) / 255
     reference = np.load(fixtures_dir / "vitae_pipeline_ref_small.npz")["RESIZE"]

@@ -23,7 +23,7 @@ def add_parser(subparsers) -> None:
                     "metadata.")
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image files, folders (searched recursively) or glob patterns")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT",
+    parser.add_argument("-o", "--out-dir", dest="output", required=True, metavar="OUT",
                         help="output folder; the inputs' relative paths are mirrored under it")
     parser.add_argument("--method", choices=METHODS, default="blur",
                         help="blur: the P3M-10k look (default); mosaic: large blocks; fill: flat gray")

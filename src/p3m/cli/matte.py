@@ -14,7 +14,8 @@ def add_parser(subparsers) -> None:
         description="Matte portrait images with P3M-Net. Outputs go to OUT/<kind>/, mirroring the inputs' "
                     "relative paths, as PNG. Existing outputs are skipped unless --overwrite.")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or globs")
-    parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUT", help="output folder")
+    parser.add_argument("-o", "--out-dir", dest="out_dir", required=True, type=Path, metavar="OUT",
+                        help="output folder")
     parser.add_argument("--model", default="resnet34", help="resnet34 (default) or vitae-s")
     parser.add_argument("--weights", type=Path, help="a local checkpoint instead of the official weights")
     parser.add_argument("--method", default="hybrid", type=str.lower, choices=("hybrid", "resize"),
@@ -22,7 +23,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--max-size", "--input-size", dest="max_size", type=int, default=1600, metavar="N",
                         help="per-side cap of a network pass, as the official MAX_SIZE (default 1600)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--output-kinds", "--outputs", dest="outputs", default="alpha,rgba", metavar="KINDS",
+    parser.add_argument("--output", "--outputs", dest="outputs", default="alpha,rgba", metavar="KINDS",
                         help="comma-separated: alpha, rgba, composite, trimap (default alpha,rgba)")
     parser.add_argument("--background", default="white", metavar="COLOR|IMAGE",
                         help="composite background: a colour (white, #00ff00, 0,255,0) or an image file")
@@ -48,9 +49,9 @@ def run(args: argparse.Namespace) -> int:
                                background=args.background, foreground=args.foreground,
                                alpha_depth=args.alpha_depth, overwrite=args.overwrite)
         pairs = collect_inputs(args.inputs)
-        check_output_folder(args.output, args.inputs)
+        check_output_folder(args.out_dir, args.inputs)
         for kind in options.outputs:  # refuse two inputs sharing an output, or an output over an input
-            output_paths(pairs, args.output / kind, suffix=".png")
+            output_paths(pairs, args.out_dir / kind, suffix=".png")
     except (ValueError, FileNotFoundError) as error:
         raise CommandError(str(error)) from None
     if "composite" in options.outputs:
@@ -72,6 +73,6 @@ def run(args: argparse.Namespace) -> int:
         tqdm.write(f"error: {message}", file=sys.stderr)
 
     show_progress = not args.quiet and len(pairs) > 1
-    report = matte_files(matter, pairs, args.output, options, on_error=report_error, progress=show_progress)
-    print(f"p3m matte: {report.summary()} -> {args.output}", file=sys.stderr)
+    report = matte_files(matter, pairs, args.out_dir, options, on_error=report_error, progress=show_progress)
+    print(f"p3m matte: {report.summary()} -> {args.out_dir}", file=sys.stderr)
     return 0 if report.ok else 1

@@ -76,3 +76,16 @@ def test_unreadable_input_raises_one_line_error(matters, tmp_path):
     bad.write_bytes(b"\xff\xd8\xff garbage")
     with pytest.raises(ImageReadError, match="broken.jpg"):
         matters["hybrid"].predict(bad)
+
+
+def test_device_resolution(monkeypatch):
+    import torch
+
+    from p3m.inference import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")

@@ -22,7 +22,7 @@ def add_parser(subparsers) -> None:
                         help="hybrid: global 1/2 + local full scale (default); resize: one pass at 1/2")
     parser.add_argument("--max-size", "--input-size", dest="max_size", type=int, default=1600, metavar="N",
                         help="per-side cap of a network pass, as the official MAX_SIZE (default 1600)")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU; the default), cpu, cuda, cuda:N or mps")
     parser.add_argument("--output", "--outputs", dest="outputs", default="alpha,rgba", metavar="KINDS",
                         help="comma-separated: alpha, rgba, composite, trimap (default alpha,rgba)")
     parser.add_argument("--background", default="white", metavar="COLOR|IMAGE",

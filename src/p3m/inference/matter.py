@@ -34,7 +34,7 @@ class MatteResult:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then the CPU."""
+    """``auto`` picks CUDA when present, else the CPU; ``mps`` must be asked for explicitly."""
     if str(device) != "auto":
         resolved = torch.device(device)
         if resolved.type == "cuda" and not torch.cuda.is_available():
@@ -42,11 +42,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         if resolved.type == "mps" and not torch.backends.mps.is_available():
             raise ValueError("device 'mps' requested but MPS is not available")
         return resolved
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class Matter:

@@ -227,7 +227,7 @@ def test_evaluate_dataset_reports_bad_predictions_and_input_folders(synth_test_r
     assert not report.images and len(report.errors) == 2
     assert all("differs from ground truth" in line for line in report.errors)
     assert report.keys == metrics.metric_keys(trimap=True, face_mask=False, fast=True)
-    with pytest.raises(ValueError, match="input folder"):
+    with pytest.raises(ValueError, match="choose another folder"):
         evaluation.evaluate_dataset(synth_test_root, "P3M-500-NP", wrong_size,
                                     save_pred=split.folder(synth_test_root, "alpha"))
     with pytest.raises(ValueError, match="not a test split"):
@@ -255,3 +255,117 @@ def test_evaluate_dataset_end_to_end(synth_test_root, r34_checkpoint, tmp_path, 
         assert all(value is not None and math.isfinite(value) and value >= 0 for value in scores.values())
     assert sorted(p.relative_to(synth_test_root) for p in synth_test_root.rglob("*")) == before
     assert "2 image(s) scored" in capsys.readouterr().out
+
+
+# --- dataset form: problems before and during the run ------------------------------------------
+
+@pytest.fixture
+def no_network(monkeypatch, tmp_path):
+    """No cached weights (an empty P3M_HOME) and no network."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("P3M_HOME", str(home))
+    return home
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "--weights"),  # no weights cached and none downloadable
+    (["--model", "foo"], "unknown model 'foo'"),
+])
+def test_dataset_model_problems_are_one_line(synth_test_root, no_network, capsys, extra, message):
+    assert run_cli("--dataset", synth_test_root, "--split", "P3M-500-P", *extra) == 2
+    assert message in one_line_error(capsys)
+    assert not any(path.is_file() for path in no_network.rglob("*"))
+
+
+def test_dataset_folders_are_checked_before_the_model(tmp_path, no_network, monkeypatch, capsys):
+    import p3m
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built before the dataset was checked")
+
+    monkeypatch.setattr(p3m, "Matter", no_model)
+    assert run_cli("--dataset", tmp_path / "nowhere", "--split", "P3M-500-NP") == 2
+    assert "folder not found" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("inside", ["", "mask", "mask/sub", "trimap/sub/deeper"])
+def test_save_pred_inside_the_split_is_refused(synth_test_root, no_network, monkeypatch, capsys, inside):
+    import p3m
+
+    split = layout.get_split("P3M-500-P")
+    target = split.root(synth_test_root) / inside
+    before = sorted(synth_test_root.rglob("*"))
+    with pytest.raises(ValueError, match="inside the dataset's P3M-500-P folder"):
+        evaluation.evaluate_dataset(synth_test_root, "P3M-500-P", lambda path: np.zeros((1, 1)), save_pred=target)
+    monkeypatch.setattr(p3m, "Matter", lambda *args, **kwargs: pytest.fail("model built"))
+    assert run_cli("--dataset", synth_test_root, "--split", "P3M-500-P", "--save-pred", target) == 2
+    assert "choose another folder for predictions" in one_line_error(capsys)
+    assert sorted(synth_test_root.rglob("*")) == before
+
+
+def test_save_pred_next_to_the_split_is_accepted(synth_test_root, tmp_path):
+    sibling = synth_test_root / "validation" / "predictions"
+    try:
+        evaluation.check_prediction_folder(synth_test_root, "P3M-500-P", sibling)
+    finally:
+        assert not sibling.exists()
+
+
+def test_dataset_run_errors_are_reported_per_sample_and_the_rest_is_scored(synth_test_root, tmp_path):
+    split = layout.get_split("P3M-500-NP")
+    alphas = split.folder(synth_test_root, "alpha")
+    images = sorted(split.folder(synth_test_root, "image").iterdir())
+
+    def flaky(image_path: Path) -> np.ndarray:
+        if image_path == images[0]:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nsecond line")
+        return read_mask(alphas / f"{image_path.stem}.png").astype(np.float32) / 255
+
+    report = evaluation.evaluate_dataset(synth_test_root, "P3M-500-NP", flaky, fast=True)
+    assert list(report.images) == [f"{images[1].stem}.png"]
+    assert report.errors == [f"{images[0]}: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"]
+
+    blocked = tmp_path / "a_file"
+    blocked.write_text("not a folder")
+    report = evaluation.evaluate_dataset(synth_test_root, "P3M-500-NP", flaky, save_pred=blocked / "pred", fast=True)
+    assert not report.images and len(report.errors) == 2
+    assert all("\n" not in line for line in report.errors)
+    assert str(blocked) in report.errors[1] and str(images[0]) in report.errors[0]
+
+
+def test_dataset_cli_continues_after_a_failed_sample(synth_test_root, monkeypatch, capsys):
+    import p3m
+
+    split = layout.get_split("P3M-500-NP")
+    alphas = split.folder(synth_test_root, "alpha")
+    first = sorted(split.folder(synth_test_root, "image").iterdir())[0]
+
+    class FlakyMatter:
+        def __init__(self, **options):
+            pass
+
+        def predict(self, path):
+            if Path(path) == first:
+                raise RuntimeError("out of memory")
+            alpha = read_mask(alphas / f"{Path(path).stem}.png").astype(np.float32) / 255
+            return type("Result", (), {"alpha": alpha})()
+
+    monkeypatch.setattr(p3m, "Matter", FlakyMatter)
+    assert run_cli("--dataset", synth_test_root, "--split", "P3M-500-NP", "--fast") == 1
+    captured = capsys.readouterr()
+    assert f"p3m evaluate: {first}: RuntimeError: out of memory" in captured.err
+    assert "Traceback" not in captured.err and "1 image(s) scored, 1 problem(s)" in captured.out

@@ -253,6 +253,22 @@ def _guarded(score: Callable[[Sample], metrics.Scores], sample: Sample) -> Outco
         return sample.name, score(sample), None
     except (ImageReadError, ValueError) as error:
         return sample.name, None, str(error)
+    except OSError as error:  # e.g. a prediction that cannot be saved
+        if error.filename is not None:
+            return sample.name, None, f"{error.filename}: {error.strerror or error}"
+        return sample.name, None, f"{_sample_file(sample)}: {_first_line(error)}"
+    except (RuntimeError, MemoryError) as error:  # e.g. out of memory in the model
+        return sample.name, None, f"{_sample_file(sample)}: {type(error).__name__}: {_first_line(error)}"
+
+
+def _sample_file(sample: Sample) -> Path:
+    """The file a sample's problem is reported under: the prediction, else the image."""
+    return sample.pred or sample.image or sample.gt
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def _collect(outcomes: Iterable[Outcome], total: int, errors: list[str], keys: tuple[str, ...], fast: bool,
@@ -311,6 +327,22 @@ def evaluate_folders(
         return _collect(pool.map(score, samples, chunksize=2), len(samples), errors, keys, fast, progress, "evaluate")
 
 
+def check_prediction_folder(root: str | os.PathLike, split: str, folder: str | os.PathLike) -> None:
+    """Refuse ``folder`` for saved predictions when it is the split's folder, lies
+    inside it, or is one of the split's input folders (wherever they link to).
+
+    Raises:
+        ValueError: naming the folder.
+    """
+    spec = layout.get_split(split)
+    target = Path(folder).resolve()
+    split_root = spec.root(root).resolve()
+    inputs = {spec.folder(root, role).resolve() for role in spec.folders}
+    if any(target == base or base in target.parents for base in inputs | {split_root}):
+        raise ValueError(f"{folder}: lies inside the dataset's {split} folder {spec.root(root)}; "
+                         "choose another folder for predictions")
+
+
 def evaluate_dataset(
     root: str | os.PathLike,
     split: str,
@@ -326,23 +358,21 @@ def evaluate_dataset(
         split: ``P3M-500-P`` or ``P3M-500-NP``.
         predict: image path -> (H, W) float alpha in [0, 1] at the image's size.
         save_pred: folder for the predictions as 8-bit PNGs (``round(alpha * 255)``),
-            named like the ground truth; must not be one of the dataset's folders.
+            named like the ground truth; must lie outside the split's folder.
         fast: skip ``GRAD`` and ``CONN``.
 
     The float alpha is scored (the official test script does not quantise it).
     ``P3M-500-P`` adds the face-region metrics.
 
     Raises:
-        ValueError: not a test split, or ``save_pred`` is an input folder.
+        ValueError: not a test split, or ``save_pred`` is inside the split.
         NotADirectoryError: a folder of the split is missing.
     """
     samples, errors = dataset_samples(root, split)
     spec = layout.get_split(split)
     out = Path(save_pred) if save_pred is not None else None
     if out is not None:
-        inputs = {spec.folder(root, role).resolve() for role in spec.folders}
-        if out.resolve() in inputs:
-            raise ValueError(f"{out}: is an input folder of the dataset; choose another folder for predictions")
+        check_prediction_folder(root, split, out)
     keys = metrics.metric_keys(True, layout.FACE_MASK in spec.folders, fast)
 
     def score(sample: Sample) -> metrics.Scores:

@@ -107,11 +107,20 @@ def run(args) -> int:
 
 def _evaluate_dataset(args, evaluation):
     import p3m
+    from p3m.checkpoint import CheckpointError
+    from p3m.weights import WeightsUnavailableError
 
+    # Check the split's folders and --save-pred before building the model (which may download weights).
+    evaluation.dataset_samples(args.dataset, args.split)
+    if args.save_pred is not None:
+        evaluation.check_prediction_folder(args.dataset, args.split, args.save_pred)
     options = {"model": args.model or "resnet34", "weights": args.weights, "method": args.method or "resize",
                "max_size": args.max_size or 1600, "device": args.device or "auto"}
-    # The official test script scores full-size images: no 1080 px shrinking.
-    matter = p3m.Matter(**options, shorter_side_limit=None)
+    try:
+        # The official test script scores full-size images: no 1080 px shrinking.
+        matter = p3m.Matter(**options, shorter_side_limit=None)
+    except (WeightsUnavailableError, CheckpointError, KeyError) as error:
+        raise CommandError(str(error).strip("'\"")) from None
     print(f"p3m evaluate: {args.split} with {matter!r}", file=sys.stderr)
     return evaluation.evaluate_dataset(args.dataset, args.split, lambda path: matter.predict(path).alpha,
                                        save_pred=args.save_pred, fast=args.fast, progress=True)

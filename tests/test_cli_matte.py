@@ -88,6 +88,14 @@ def test_rerun_resumes_and_overwrite_redoes(inputs, tmp_path, r34_checkpoint, ca
     assert (out / "alpha" / "plain.png").stat().st_mtime_ns == stamp
     assert main(args + ["--overwrite"]) == 0
     assert "2 done, 0 skipped" in capsys.readouterr().err
+    # A finished batch needs no model: it succeeds even with the weights gone.
+    moved = tmp_path / "elsewhere.pth"
+    r34_checkpoint.rename(moved)
+    try:
+        assert main(args) == 0
+    finally:
+        moved.rename(r34_checkpoint)
+    assert "0 done, 2 skipped" in capsys.readouterr().err
 
 
 def test_sixteen_bit_alpha_and_original_foreground(inputs, tmp_path, r34_checkpoint):
@@ -120,6 +128,7 @@ def test_inputs_sharing_an_output_are_refused(inputs, tmp_path, r34_checkpoint, 
     (["--output", "alpha,mask"], "unknown output kind mask"),
     (["--background", "not-a-colour"], "--background"),
     (["--model", "resnet50"], "unknown model"),
+    (["--device", "toaster"], "unknown device"),
 ])
 def test_bad_options_are_one_line_errors(inputs, tmp_path, r34_checkpoint, capsys, args, message):
     status = main(["matte", str(inputs / "plain.jpg"), "-o", str(tmp_path / "o"),

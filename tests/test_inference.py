@@ -54,6 +54,7 @@ def test_pass_size_floors_to_32_and_caps_each_side():
     assert pass_size(1080, 1620, 1.0, 1600) == (1056, 1600)
     # The official cap ignores the aspect ratio.
     assert pass_size(4000, 3000, 1.0, 1600) == (1600, 1600)
+    assert pass_size(700, 1100, 1.0, 1000) == (672, 992)
 
 
 @pytest.mark.parametrize("size", [(20, 20), (63, 200), (1, 1)])
@@ -65,10 +66,24 @@ def test_tiny_images_are_upscaled_not_crashed(matters, size):
     assert np.isfinite(result.alpha).all() and 0 <= result.alpha.min() and result.alpha.max() <= 1
 
 
-def test_large_images_follow_the_official_shorter_side_limit(matters):
+def _network_input_sizes(matter, image):
+    sizes = []
+    handle = matter.network.register_forward_pre_hook(lambda module, args: sizes.append(tuple(args[0].shape[-2:])))
+    try:
+        result = matter.predict(image)
+    finally:
+        handle.remove()
+    return result, sizes
+
+
+def test_large_images_follow_the_official_shorter_side_limit(matters, r34_checkpoint):
     image = np.zeros((1200, 1100, 3), dtype=np.uint8)
-    result = matters["resize"].predict(image)
+    result, sizes = _network_input_sizes(matters["resize"], image)
     assert result.alpha.shape == (1200, 1100)
+    # Shrunk to 1178x1080 first (shorter side 1080), then the 1/2-scale pass: 589x540 -> 576x540 floored to 32.
+    assert sizes == [(576, 512)]
+    unlimited = p3m.Matter(weights=r34_checkpoint, method="resize", device="cpu", shorter_side_limit=None)
+    assert _network_input_sizes(unlimited, image)[1] == [(576, 544)]
 
 
 def test_unreadable_input_raises_one_line_error(matters, tmp_path):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from p3m.io import ImageReadError, read_image, read_mask, save_image
+from p3m.io import ImageReadError, atomic_write, read_image, read_mask, save_image
 
 
 @pytest.fixture()
@@ -80,11 +80,14 @@ def test_missing_file_and_folder(tmp_path):
         read_image(tmp_path)
 
 
-def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
+@pytest.mark.parametrize("limit", [9000, 1000])  # over the limit, and over twice the limit
+def test_decompression_bomb_is_refused(tmp_path, monkeypatch, limit):
     Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(tmp_path / "big.png")
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    with pytest.raises(ImageReadError, match="too large"):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+    with pytest.raises(ImageReadError, match=r"big\.png: refused, image too large"):
         read_image(tmp_path / "big.png")
+    with pytest.raises(ImageReadError, match="too large"):
+        read_mask(tmp_path / "big.png")
 
 
 def test_save_image_is_atomic_and_round_trips(tmp_path, gradient):
@@ -96,10 +99,27 @@ def test_save_image_is_atomic_and_round_trips(tmp_path, gradient):
     assert np.asarray(Image.open(tmp_path / "deep.png")).max() == 40000
 
 
-def test_failed_save_leaves_nothing(tmp_path):
-    with pytest.raises(ValueError):
-        save_image(tmp_path / "x.png", np.zeros((4, 4), np.float32))
-    assert list(tmp_path.iterdir()) == []
+def test_failed_write_leaves_the_target_untouched_and_no_partial_file(tmp_path):
+    target = tmp_path / "result.png"
+    target.write_bytes(b"previous result")
+
+    def write_then_fail(tmp):
+        tmp.write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, write_then_fail)
+    assert target.read_bytes() == b"previous result"
+    assert [p.name for p in tmp_path.iterdir()] == ["result.png"]
+
+
+def test_outputs_get_the_usual_permissions(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    path = save_image(tmp_path / "mode.png", np.zeros((4, 4), np.uint8))
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_read_mask_takes_first_channel(tmp_path, gradient):

@@ -119,7 +119,9 @@ def save_weights(model: nn.Module, path: PathLike, model_name: str, extra: Mappi
     The official code reads such a file with ``load_state_dict(ckpt["state_dict"], strict=True)``.
     """
     spec = get_spec(model_name)
-    official = {key: value.detach().cpu() for key, value in spec.to_official(model.state_dict()).items()
-                if not spec.optional_key(key)}
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    # Aliased official keys (the ResNet-34 encoder is registered twice) share one
+    # CPU tensor, so the file stores them once, as official files do.
+    official = {key: value for key, value in spec.to_official(state).items() if not spec.optional_key(key)}
     content = {"state_dict": official, **(extra or {})}
     return atomic_write(path, lambda tmp: torch.save(content, tmp))

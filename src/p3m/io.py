@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Union
 
@@ -19,6 +20,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+# Oversized images are refused with an ImageReadError (see _open_image); Pillow's
+# own warning for them would only add a second, multi-line message.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class ImageReadError(ValueError):
@@ -94,14 +99,26 @@ def read_image(source: ImageInput) -> np.ndarray:
         raise ImageReadError(f"{path}: no such file")
     if path.is_dir():
         raise ImageReadError(f"{path}: is a folder, not an image")
+    with _open_image(path) as image:
+        return _to_rgb8(ImageOps.exif_transpose(image))
+
+
+@contextmanager
+def _open_image(path: Path):
+    """Open and decode ``path``, refusing images over Pillow's decompression-bomb
+    limit before decoding them; every failure becomes one ImageReadError."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image.load()
-                return _to_rgb8(ImageOps.exif_transpose(image))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        with Image.open(path) as image:
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit is not None and image.width * image.height > limit:
+                raise ImageReadError(f"{path}: refused, image too large ({image.width}x{image.height} pixels, "
+                                     f"limit {limit}: a possible decompression bomb)")
+            image.load()
+            yield image
+    except Image.DecompressionBombError as error:
         raise ImageReadError(f"{path}: refused, image too large ({error})") from None
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such file") from None
     except UnidentifiedImageError:
         raise ImageReadError(f"{path}: not an image file (format not recognised)") from None
     except OSError as error:
@@ -114,22 +131,23 @@ def read_mask(path: Union[str, os.PathLike]) -> np.ndarray:
     Colour files take their first channel, as the official evaluation does.
     """
     path = Path(path)
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-                array = np.asarray(image, dtype=np.float32)
-                return (np.clip(array, 0, 65535) / 257.0).round().astype(np.uint8)
-            array = np.asarray(image.convert("L") if image.mode in ("P", "LA", "1") else image)
-    except FileNotFoundError:
-        raise ImageReadError(f"{path}: no such file") from None
-    except UnidentifiedImageError:
-        raise ImageReadError(f"{path}: not an image file (format not recognised)") from None
-    except OSError as error:
-        raise ImageReadError(f"{path}: cannot read image ({error})") from None
+    with _open_image(path) as image:
+        if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+            array = np.asarray(image, dtype=np.float32)
+            return (np.clip(array, 0, 65535) / 257.0).round().astype(np.uint8)
+        array = np.asarray(image.convert("L") if image.mode in ("P", "LA", "1") else image)
     if array.ndim == 3:
         array = array[:, :, 0]
     return np.array(array, dtype=np.uint8, order="C")
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
 
 
 def atomic_write(path: Union[str, os.PathLike], write) -> Path:
@@ -145,6 +163,7 @@ def atomic_write(path: Union[str, os.PathLike], write) -> Path:
     os.close(handle)
     try:
         write(Path(tmp_name))
+        os.chmod(tmp_name, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 from p3m.models.registry import get_spec
@@ -76,7 +77,7 @@ def download(model_name: str, force: bool = False, quiet: bool = False) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{os.getpid()}.part")
     try:
-        gdown.download(id=spec.weights.google_drive_id, output=str(partial), quiet=quiet,
+        gdown.download(id=spec.weights.google_drive_id, output=str(partial), quiet=quiet or not sys.stderr.isatty(),
                        timeout=DOWNLOAD_TIMEOUT_S)
         if not partial.is_file():
             raise OSError("the server sent no file")

@@ -39,7 +39,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from p3m.checkpoint import CheckpointError
-    from p3m.inference.batch import MatteOptions, matte_files
+    from p3m.inference.batch import MatteOptions, has_pending_work, matte_files
     from p3m.inference.matter import Matter
     from p3m.inputs import check_output_folder, collect_inputs, output_paths
     from p3m.weights import WeightsUnavailableError
@@ -61,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
             Background(options.background)
         except (ValueError, OSError) as error:
             raise CommandError(f"--background: {error}") from None
+    if not has_pending_work(pairs, args.out_dir, options):
+        print(f"p3m matte: 0 done, {len(pairs)} skipped (outputs exist), 0 failed -> {args.out_dir}",
+              file=sys.stderr)
+        return 0
     try:
         matter = Matter(model=args.model, weights=args.weights, method=args.method, max_size=args.max_size,
                         device=args.device, privacy=args.privacy)

@@ -61,6 +61,14 @@ def output_targets(out_dir: Path, relative: Path, outputs: Sequence[str]) -> dic
     return {kind: out_dir / kind / relative.with_suffix(".png") for kind in outputs}
 
 
+def has_pending_work(pairs: Sequence[tuple[Path, Path]], out_dir: os.PathLike, options: MatteOptions) -> bool:
+    """Whether any output is still to be written (so a finished batch needs no model)."""
+    if options.overwrite:
+        return bool(pairs)
+    return any(not path.exists() for _, relative in pairs
+               for path in output_targets(Path(out_dir), relative, options.outputs).values())
+
+
 def write_outputs(result: MatteResult, targets: dict[str, Path], options: MatteOptions,
                   background: Background | None) -> None:
     """Write each requested kind for one result (atomically, one file per kind)."""
@@ -95,7 +103,7 @@ def matte_files(matter: Matter, pairs: Sequence[tuple[Path, Path]], out_dir: os.
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(pairs, desc="matting", unit="image", dynamic_ncols=True)
+        iterator = tqdm(pairs, desc="matting", unit="image", dynamic_ncols=True, disable=None)  # None: TTY only
     for source, relative in iterator:
         targets = output_targets(out_dir, relative, options.outputs)
         if not options.overwrite:

@@ -36,7 +36,10 @@ class MatteResult:
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else the CPU; ``mps`` must be asked for explicitly."""
     if str(device) != "auto":
-        resolved = torch.device(device)
+        try:
+            resolved = torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
         if resolved.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' requested but CUDA is not available")
         if resolved.type == "mps" and not torch.backends.mps.is_available():

@@ -43,11 +43,10 @@ class PassOutput:
 
 
 def pass_size(height: int, width: int, ratio: float, max_size: int) -> tuple[int, int]:
-    """Network input size of a pass at ``ratio``: each side floored to 32, then capped."""
-    sides = []
-    for side in (int(height * ratio), int(width * ratio)):
-        sides.append(min(max_size, side - side % 32))
-    return sides[0], sides[1]
+    """Network input size of a pass at ``ratio``: each side floored to 32, then capped
+    (a cap that is not a multiple of 32 is floored too; the official 1600 is one)."""
+    cap = max_size - max_size % 32
+    return tuple(min(cap, side - side % 32) for side in (int(height * ratio), int(width * ratio)))
 
 
 def smallest_supported_side(ratio: float) -> int:

@@ -185,11 +185,14 @@ def test_threshold_changes_what_counts_as_a_face(photos, tmp_path, capsys):
     (["{photos}/p_a09f6d7a.jpg", "{tmp}/copy/p_a09f6d7a.jpg"], "would both be written to"),
     (["{photos}", "--dataset", "--masks", "{tmp}/m"], "--masks cannot be combined with --dataset"),
     (["{photos}", "{photos}/with_face", "--dataset"], "--dataset takes exactly one folder"),
+    (["{photos}", "-o", "{tmp}/out", "--masks", "{tmp}/out"], "face mask {tmp}/out/astronaut.png would replace"),
+    (["{photos}", "-o", "{tmp}/out/../out", "--masks", "{tmp}/out"], "would replace an anonymized image"),
 ])
 def test_command_errors(photos, tmp_path, capsys, argv, message):
     (tmp_path / "copy").mkdir()
     shutil.copy(photos / "p_a09f6d7a.jpg", tmp_path / "copy")
     argv = [arg.format(photos=photos, tmp=tmp_path) for arg in argv]
+    message = message.format(tmp=tmp_path)
     if "-o" not in argv:
         argv += ["-o", str(tmp_path / "out")]
     status, err = run(capsys, *argv)
@@ -217,6 +220,22 @@ def test_dataset_mode_writes_the_p3m_layout(tmp_path, capsys):
     assert "2 of 2 mattes copied" in err
     facemask = read_mask(out / "facemask" / "p_bac3c1ff.png")
     assert facemask.max() == 255 and read_mask(out / "facemask" / "p_a09f6d7a.png").max() == 0
+
+
+def test_dataset_mode_copies_only_the_mattes_of_written_images(tmp_path, capsys):
+    root = tmp_path / "shoot"
+    (root / "mask" / "sub").mkdir(parents=True)
+    (root / "sub").mkdir()
+    shutil.copy(PORTRAITS / "p_bac3c1ff.jpg", root / "sub" / "p_bac3c1ff.jpg")
+    (root / "broken.jpg").write_bytes(b"not a jpeg")
+    for name in ("sub/p_bac3c1ff", "broken", "orphan"):
+        Image.fromarray(np.full((20, 30), 200, np.uint8)).save(root / "mask" / f"{name}.png")
+    out = tmp_path / "P3M-style"
+    status, err = run(capsys, root, "-o", out, "--dataset")
+    assert status == 1 and f"error: {root / 'broken.jpg'}: " in err
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert files == ["blurred_image/sub/p_bac3c1ff.jpg", "facemask/sub/p_bac3c1ff.png", "mask/sub/p_bac3c1ff.png"]
+    assert "1 of 3 mattes copied to mask/ (2 left out: no image written for them)" in err
 
 
 def test_cli_mirrors_library_constants():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -35,13 +36,18 @@ def add_parser(subparsers) -> None:
                              "lower finds more faces")
     parser.add_argument("--dataset", action="store_true",
                         help="INPUT is one folder: write a P3M-10k tree OUT/blurred_image/ and OUT/facemask/, "
-                             "and copy INPUT/mask/ (alpha mattes, skipped as inputs) to OUT/mask/")
+                             "and copy the alpha mattes in INPUT/mask/ (skipped as inputs) of the images written "
+                             "to OUT/mask/")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
 
 def _plan(args) -> tuple[list, list, list, list]:
-    """(pairs, outputs, masks, alpha copies as (source, target)) for the chosen layout."""
+    """(pairs, outputs, masks, alpha copies) for the chosen layout.
+
+    An alpha copy is (source, target, key): the matte is copied only when the
+    image whose relative path without suffix is ``key`` was written.
+    """
     from p3m.inputs import check_output_folder, collect_inputs, output_paths
 
     out = Path(args.output)
@@ -59,12 +65,19 @@ def _plan(args) -> tuple[list, list, list, list]:
             if not pairs:
                 raise CommandError(f"{root}: no images outside its mask/ folder")
             alphas = collect_inputs([str(root / "mask")]) if (root / "mask").is_dir() else []
-            alpha_copies = list(zip([source for source, _ in alphas], output_paths(alphas, out / "mask")))
+            alpha_copies = [(source, target, relative.with_suffix(""))
+                            for (source, relative), target in zip(alphas, output_paths(alphas, out / "mask"))]
             return (pairs, output_paths(pairs, out / "blurred_image"),
                     output_paths(pairs, out / "facemask", ".png"), alpha_copies)
         pairs = collect_inputs(args.inputs)
+        outputs = output_paths(pairs, out)
         masks = output_paths(pairs, args.masks, ".png") if args.masks else [None] * len(pairs)
-        return pairs, output_paths(pairs, out), masks, []
+        targets = {os.path.realpath(path) for path in outputs}
+        clash = next((mask for mask in masks if mask is not None and os.path.realpath(mask) in targets), None)
+        if clash is not None:
+            raise CommandError(f"face mask {clash} would replace an anonymized image; "
+                               "give --masks a folder apart from -o")
+        return pairs, outputs, masks, []
     except (FileNotFoundError, ValueError) as error:
         raise CommandError(str(error)) from None
 
@@ -100,8 +113,11 @@ def run(args: argparse.Namespace) -> int:
             tqdm.write(f"error: {report.error}", file=sys.stderr)
         reports.append(report)
 
+    # Only the mattes of written images, so that OUT stays a paired tree.
+    written = {relative.with_suffix("") for (_, relative), report in zip(pairs, reports) if report.output is not None}
+    copies = [(source, target) for source, target, key in alpha_copies if key in written]
     copy_failures = 0
-    for source, target in alpha_copies:
+    for source, target in copies:
         try:
             _copy(source, target)
         except OSError as error:
@@ -119,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
 
     summary = privacy.summarize(reports)
     if alpha_copies:
-        summary += f"; {len(alpha_copies) - copy_failures} of {len(alpha_copies)} mattes copied to mask/"
+        summary += f"; {len(copies) - copy_failures} of {len(alpha_copies)} mattes copied to mask/"
+        if len(copies) < len(alpha_copies):
+            summary += f" ({len(alpha_copies) - len(copies)} left out: no image written for them)"
     print(f"p3m anonymize: {summary} -> {args.output}", file=sys.stderr)
     return 0 if all(report.ok for report in reports) and not copy_failures else 1

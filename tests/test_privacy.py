@@ -325,3 +325,29 @@ def test_anonymize_for_model():
     for bad in (image[:, :, 0], image.astype(np.float32), image[:, :, :2]):
         with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
             privacy.anonymize_for_model(bad)
+
+
+@pytest.mark.parametrize("mode, name, kept", [
+    ("RGB", "rgb.jpg", True),
+    ("RGBA", "rgba.png", True),
+    ("L", "gray.png", True),
+    ("LA", "gray_alpha.png", True),
+    ("CMYK", "cmyk.jpg", False),  # written as RGB: a CMYK profile would misdescribe it
+    ("CMYK", "cmyk.tif", False),
+])
+def test_anonymized_file_keeps_the_colour_profile_only_for_the_same_colour_family(tmp_path, monkeypatch,
+                                                                                 mode, name, kept):
+    from PIL import Image
+
+    noise = np.random.default_rng(1).integers(0, 256, (96, 128, 4), dtype=np.uint8)
+    source, output = tmp_path / name, tmp_path / "out" / name
+    Image.fromarray(noise, "RGBA").convert(mode).save(source, icc_profile=b"test profile " + mode.encode())
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda *args, **kwargs: opened.append(args[0]) or real_open(*args, **kwargs))
+    report = privacy.anonymize_file(source, output)
+    monkeypatch.undo()
+    assert report.status == "no_faces" and opened == [source]  # one decode of the source
+    with Image.open(output) as written:
+        assert written.mode == {"CMYK": "RGB"}.get(mode, mode)
+        assert written.info.get("icc_profile") == (b"test profile " + mode.encode() if kept else None)

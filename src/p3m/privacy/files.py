@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageOps
 
-from p3m.io import ImageReadError, read_image, save_image
+from p3m.io import ImageReadError, _open_image, _to_rgb8, save_image
 from p3m.privacy.detector import DEFAULT_THRESHOLD, Face, FaceDetector
 from p3m.privacy.obfuscate import face_mask
 from p3m.privacy.pipeline import anonymize
@@ -56,18 +56,24 @@ class _Source:
     icc_profile: Optional[bytes]
 
 
+# Source modes whose colour profile still describes the written pixels: gray sources are
+# written gray, these colour ones RGB(A). Others (CMYK, LAB, YCbCr) are converted to RGB,
+# so their profile would be wrong for the output and is dropped.
+_RGB_MODES = frozenset({"RGB", "RGBA", "RGBX", "RGBa", "P"})
+
+
 def _read_source(path: Path) -> _Source:
-    image = read_image(path)
-    try:
-        with Image.open(path) as source:
-            bands = source.getbands()
-            gray = source.mode != "P" and len([band for band in bands if band != "A"]) == 1
-            alpha = None
-            if "A" in bands or (source.mode == "P" and "transparency" in source.info):
-                alpha = np.asarray(ImageOps.exif_transpose(source).convert("RGBA").getchannel("A"))
-            return _Source(image, gray, alpha, source.info.get("icc_profile"))
-    except OSError as error:
-        raise ImageReadError(f"{path}: cannot read image ({error})") from None
+    """Pixels, channels and colour profile of ``path``, from one decode."""
+    with _open_image(path) as source:  # every failure is an ImageReadError naming the file
+        bands = source.getbands()
+        gray = source.mode != "P" and len([band for band in bands if band != "A"]) == 1
+        upright = ImageOps.exif_transpose(source)
+        image = _to_rgb8(upright)
+        alpha = None
+        if "A" in bands or (source.mode == "P" and "transparency" in source.info):
+            alpha = np.asarray(upright.convert("RGBA").getchannel("A"))
+        icc_profile = source.info.get("icc_profile") if gray or source.mode in _RGB_MODES else None
+        return _Source(image, gray, alpha, icc_profile)
 
 
 def _write_like_source(path: Path, image: np.ndarray, source: _Source) -> None:

@@ -21,7 +21,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
-# Oversized images are refused with an ImageReadError (see _open_image); Pillow's
+# Oversized images are refused with an ImageReadError (see open_image); Pillow's
 # own warning for them would only add a second, multi-line message.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
@@ -34,7 +34,7 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _to_rgb8(image: Image.Image) -> np.ndarray:
+def to_rgb8(image: Image.Image) -> np.ndarray:
     """Convert any Pillow mode to an (H, W, 3) uint8 RGB array.
 
     Grayscale and palette images are expanded, an alpha channel is dropped,
@@ -93,18 +93,18 @@ def read_image(source: ImageInput) -> np.ndarray:
     if isinstance(source, np.ndarray):
         return _array_to_rgb8(source, "array")
     if isinstance(source, Image.Image):
-        return _to_rgb8(ImageOps.exif_transpose(source))
+        return to_rgb8(ImageOps.exif_transpose(source))
     path = Path(source)
     if not path.exists():
         raise ImageReadError(f"{path}: no such file")
     if path.is_dir():
         raise ImageReadError(f"{path}: is a folder, not an image")
-    with _open_image(path) as image:
-        return _to_rgb8(ImageOps.exif_transpose(image))
+    with open_image(path) as image:
+        return to_rgb8(ImageOps.exif_transpose(image))
 
 
 @contextmanager
-def _open_image(path: Path):
+def open_image(path: Path):
     """Open and decode ``path``, refusing images over Pillow's decompression-bomb
     limit before decoding them; every failure becomes one ImageReadError."""
     try:
@@ -131,7 +131,7 @@ def read_mask(path: Union[str, os.PathLike]) -> np.ndarray:
     Colour files take their first channel, as the official evaluation does.
     """
     path = Path(path)
-    with _open_image(path) as image:
+    with open_image(path) as image:
         if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
             array = np.asarray(image, dtype=np.float32)
             return (np.clip(array, 0, 65535) / 257.0).round().astype(np.uint8)

@@ -52,11 +52,6 @@ def random_kernel_size(rng: np.random.Generator) -> int:
     return int(rng.integers(low, high + 1))
 
 
-def random_trimap(alpha: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The training-time trimap: :func:`trimap_from_alpha` with a random kernel size."""
-    return trimap_from_alpha(alpha, random_kernel_size(rng))
-
-
 def rng_for(seed: int, name: str) -> np.random.Generator:
     """A generator that depends only on ``seed`` and ``name``, not on processing order."""
     return np.random.default_rng([int(seed), zlib.crc32(name.encode("utf-8"))])

@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageOps
 
-from p3m.io import ImageReadError, _open_image, _to_rgb8, save_image
+from p3m.io import ImageReadError, open_image, to_rgb8, save_image
 from p3m.privacy.detector import DEFAULT_THRESHOLD, Face, FaceDetector
 from p3m.privacy.obfuscate import face_mask
 from p3m.privacy.pipeline import anonymize
@@ -64,11 +64,11 @@ _RGB_MODES = frozenset({"RGB", "RGBA", "RGBX", "RGBa", "P"})
 
 def _read_source(path: Path) -> _Source:
     """Pixels, channels and colour profile of ``path``, from one decode."""
-    with _open_image(path) as source:  # every failure is an ImageReadError naming the file
+    with open_image(path) as source:  # every failure is an ImageReadError naming the file
         bands = source.getbands()
         gray = source.mode != "P" and len([band for band in bands if band != "A"]) == 1
         upright = ImageOps.exif_transpose(source)
-        image = _to_rgb8(upright)
+        image = to_rgb8(upright)
         alpha = None
         if "A" in bands or (source.mode == "P" and "transparency" in source.info):
             alpha = np.asarray(upright.convert("RGBA").getchannel("A"))

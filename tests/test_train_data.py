@@ -164,3 +164,26 @@ def test_sampler_epochs_reshuffle_and_resume_skips_steps():
 def test_sampler_rejects_a_dataset_smaller_than_a_batch():
     with pytest.raises(ValueError, match="fewer than one global batch"):
         TrainSampler(3, batch_size=2, world_size=2)
+
+
+def test_unreadable_image_is_replaced_by_the_next_sample(tmp_path, caplog):
+    write_dataset(tmp_path, 3, seed=6, size=96, splits=(layout.TRAIN,))
+    dataset = P3MTrainDataset(tmp_path, image_size=64, use_fgbg=False)
+    broken = dataset.samples[1].image
+    broken.write_bytes(b"not an image at all")
+    with caplog.at_level("WARNING", logger="p3m.train.dataset"):
+        item = dataset[(1, (0, 0, 7))]
+    expected = dataset[(2, (0, 0, 7))]  # the same randomness, applied to the next sample
+    assert all(torch.equal(item[name], expected[name]) for name in item)
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) == 1 and str(broken) in warnings[0] and "\n" not in warnings[0]
+    assert dataset.samples[2].image.name in warnings[0]
+
+
+def test_unreadable_images_everywhere_are_one_dataset_error(tmp_path):
+    write_dataset(tmp_path, 2, seed=7, size=96, splits=(layout.TRAIN,))
+    dataset = P3MTrainDataset(tmp_path, image_size=64, use_fgbg=False)
+    for sample in dataset.samples:
+        sample.image.write_bytes(b"")
+    with pytest.raises(DatasetError, match="cannot be read"):
+        dataset[(0, (0, 0, 0))]

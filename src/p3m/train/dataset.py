@@ -15,6 +15,7 @@ processes or on resuming.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -27,10 +28,14 @@ from torch.utils.data import Dataset, Sampler
 
 from p3m.data import layout
 from p3m.data.trimap import TRAIN_KERNEL_SIZES, UNKNOWN, trimap_from_alpha
-from p3m.io import read_image, read_mask
+from p3m.io import ImageReadError, read_image, read_mask
 
 DEFAULT_CROP_SIZES = (512, 768, 1024)
 DEFAULT_IMAGE_SIZE = 512
+# Unreadable samples in a row replaced by the following ones before a key gives up.
+MAX_REPLACEMENTS = 16
+
+logger = logging.getLogger(__name__)
 
 
 class DatasetError(ValueError):
@@ -218,13 +223,35 @@ class P3MTrainDataset(Dataset):
                                    f"{sample.image} ({width}x{height})")
         return arrays
 
+    def _load_readable(self, index: int) -> dict[str, np.ndarray]:
+        """:meth:`load` of ``index``, or of the next readable sample when a file cannot be read.
+
+        One unreadable file should not end a long run: it is reported (one warning line)
+        and the following sample takes its place, so the replacement is deterministic.
+
+        Raises:
+            DatasetError: ``MAX_REPLACEMENTS`` samples in a row (or all of them) are unreadable.
+        """
+        tries = min(len(self), MAX_REPLACEMENTS + 1)
+        for attempt in range(tries):
+            candidate = (index + attempt) % len(self)
+            try:
+                return self.load(candidate)
+            except ImageReadError as error:
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                if attempt + 1 < tries:
+                    replacement = self.samples[(candidate + 1) % len(self)].image
+                    logger.warning("data: %s; sample skipped, %s used instead", reason, replacement.name)
+        raise DatasetError(f"{self.samples[index].image}: this and the next {tries - 1} training sample(s) "
+                           f"cannot be read (last: {reason})")
+
     def __getitem__(self, key) -> dict[str, torch.Tensor]:
         if isinstance(key, tuple):
             index, seed = key
             rng = np.random.default_rng([int(part) for part in seed])
         else:
             index, rng = int(key), np.random.default_rng()
-        arrays = self.load(index)
+        arrays = self._load_readable(index)
         low, high = self.kernel_sizes
         trimap = trimap_from_alpha(arrays["alpha"], int(rng.integers(low, high + 1)))
         out = augment(arrays, trimap, rng, self.image_size, self.crop_sizes)

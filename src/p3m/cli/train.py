@@ -49,7 +49,7 @@ def add_parser(subparsers) -> None:
     optim.add_argument("--image-size", type=int, metavar="PX", help="training size, a multiple of 32 (default 512)")
     optim.add_argument("--lr", type=float, help="Adam learning rate (default 1e-5)")
     optim.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="default fp32")
-    optim.add_argument("--device", help="auto, cpu, cuda (default auto)")
+    optim.add_argument("--device", help="auto (CUDA when present, else CPU; the default), cpu, cuda, cuda:N, mps")
     optim.add_argument("--seed", type=int, help="default 0")
     data = parser.add_argument_group("data and logging")
     data.add_argument("--workers", type=int, metavar="N", help="data-loader processes per training process (default 4)")

@@ -100,7 +100,30 @@ class TrainConfig:
         need(self.val_max_images >= 0, "val_max_images", "must be >= 0 (0: every image)")
         need(self.val_method in ("resize", "hybrid"), "val_method", "must be resize or hybrid")
         need(self.val_max_size >= 32, "val_max_size", "must be >= 32")
+        self._validate_model()
+        need(_valid_device(self.device), "device", "must be auto, cpu, cuda, cuda:N or mps")
         return self
+
+    def _validate_model(self) -> None:
+        from p3m.models.registry import get_spec
+
+        try:
+            get_spec(self.model)
+        except KeyError as error:
+            raise ConfigError(f"model: {error.args[0]}") from None
+
+
+def _valid_device(name: str) -> bool:
+    """``auto`` or a torch device of a kind training runs on (availability is checked when the run starts)."""
+    if name == "auto":
+        return True
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        return False
+    return device.type in ("cpu", "cuda", "mps") and (device.type == "cuda" or device.index in (None, 0))
 
 
 _FIELDS = {item.name: item for item in fields(TrainConfig)}

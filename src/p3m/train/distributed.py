@@ -37,25 +37,18 @@ def launched_by_torchrun() -> bool:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` picks CUDA (``cuda:LOCAL_RANK``), then MPS, then the CPU.
+    """The device of this process, by the project's one rule (:func:`p3m.inference.matter.resolve_device`:
+    ``auto`` is CUDA when present, else the CPU; MPS only on request). Under torchrun a CUDA
+    device without an index becomes ``cuda:LOCAL_RANK``.
 
     Raises:
         ValueError: the requested device is not available.
     """
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
-        if torch.backends.mps.is_available() and not launched_by_torchrun():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} requested but CUDA is not available")
-        if device.index is None:
-            device = torch.device("cuda", local_rank % torch.cuda.device_count())
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device {name!r} requested but MPS is not available")
+    from p3m.inference.matter import resolve_device as resolve
+
+    device = resolve(name)
+    if device.type == "cuda" and device.index is None and launched_by_torchrun():
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
     return device
 
 

@@ -236,6 +236,80 @@ def test_bad_flags_are_one_line_errors(data_root, tmp_path, capsys):
     assert "--data" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag, value, message", [("--model", "foo", "unknown model 'foo'"),
+                                                  ("--device", "foo", "device: must be auto, cpu")])
+def test_bad_model_or_device_is_a_one_line_error_before_writing(data_root, tmp_path, capsys, flag, value, message):
+    run = tmp_path / "r"
+    assert main(["train", "--data", str(data_root), "--output", str(run), *SMALL, flag, value]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not run.exists()
+
+
+def test_training_device_follows_the_inference_rule(monkeypatch):
+    from p3m.inference import matter
+    from p3m.train import distributed
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed.init("auto")[1] == matter.resolve_device("auto")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert distributed.resolve_device("auto") == torch.device("cpu")  # MPS only on request
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        distributed.resolve_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert distributed.resolve_device("auto", local_rank=3) == torch.device("cuda", 1)
+    assert distributed.resolve_device("cuda:0", local_rank=3) == torch.device("cuda", 0)
+
+
+def test_unreadable_training_image_does_not_stop_the_run(tmp_path):
+    root = tmp_path / "data"
+    write_dataset(root, 4, seed=2, size=96, splits=("train",))
+    broken = sorted((root / "train" / "blurred_image").iterdir())[0]
+    broken.write_bytes(b"truncated")
+    run = tmp_path / "run"
+    args = ["train", "--data", str(root), "--output", str(run), *SMALL, "--max-steps", "4", "--workers", "1",
+            "--log-every", "1"]
+    # 4 steps of 2 over 4 samples: the broken one comes up in a data-loader worker. (Its warning
+    # goes to the worker's stderr; test_train_data checks the line itself.)
+    assert main(args) == 0
+    assert [row["step"] for row in _log(run)] == [1, 2, 3, 4]
+
+
+def test_last_checkpoint_carries_the_best_score_of_its_step(data_root, tmp_path):
+    run = tmp_path / "val"
+    assert main(["train", "--data", str(data_root), "--output", str(run), *SMALL, "--max-steps", "2",
+                 "--validate-every", "2", "--checkpoint-every", "2", "--val-max-images", "1",
+                 "--set", "val_max_size=128"]) == 0
+    rows = [json.loads(line) for line in (run / "val.jsonl").read_text().splitlines()]
+    assert {row["step"] for row in rows} == {2}
+    best = read_checkpoint(run / "best.pth")["mean_sad"]
+    assert best == pytest.approx(np.mean([row["SAD"] for row in rows]))
+    assert read_checkpoint(run / "last.pth")["train_state"]["best"] == best
+
+
+def test_resume_reads_the_checkpoint_once(data_root, tmp_path, monkeypatch):
+    run = tmp_path / "once"
+    common = ["--data", str(data_root), *SMALL, "--checkpoint-every", "1"]
+    assert main(["train", *common, "--output", str(run), "--max-steps", "1"]) == 0
+    checkpoint = (run / "last.pth").resolve()
+    reads = []
+    real_load = torch.load
+
+    def counting_load(source, *args, **kwargs):
+        if isinstance(source, (str, os.PathLike)) and Path(source).resolve() == checkpoint:
+            reads.append(source)
+        return real_load(source, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    assert main(["train", *common, "--output", str(run), "--resume", "--max-steps", "2"]) == 0
+    assert len(reads) == 1
+    monkeypatch.undo()
+    assert read_checkpoint(run / "last.pth")["train_state"]["step"] == 2
+
+
 # ----------------------------------------------------------------------------- backbone
 
 def test_backbone_maps_torchvision_names_and_reports(tmp_path):

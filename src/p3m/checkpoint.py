@@ -73,8 +73,12 @@ def _likely_variant(official: Mapping[str, torch.Tensor], expected: ModelSpec) -
     return "; it is not a P3M-Net checkpoint of a known variant"
 
 
-def load_weights(model: nn.Module, path: PathLike, model_name: str) -> nn.Module:
+def load_weights(model: nn.Module, path: PathLike, model_name: str,
+                 content: Mapping[str, Any] | None = None) -> nn.Module:
     """Load an official-format checkpoint into ``model`` strictly.
+
+    ``content`` is the file's content when the caller has read it already
+    (:func:`read_checkpoint`); ``path`` then only names it in errors.
 
     Raises:
         CheckpointError: unreadable file, or keys/shapes that do not match the variant.
@@ -82,7 +86,7 @@ def load_weights(model: nn.Module, path: PathLike, model_name: str) -> nn.Module
     spec = get_spec(model_name)
     path = Path(path)
     try:
-        official = official_state_dict(read_checkpoint(path))
+        official = official_state_dict(read_checkpoint(path) if content is None else content)
     except ValueError as error:
         if isinstance(error, CheckpointError):
             raise

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from p3m.checkpoint import CheckpointError, load_weights, official_state_dict, read_checkpoint, save_weights
+from p3m.checkpoint import load_weights, read_checkpoint, save_weights
 from p3m.models.registry import get_spec
 from p3m.train import distributed
 from p3m.train.config import TrainConfig, save_yaml
@@ -616,7 +616,7 @@ def _train(config: TrainConfig, resume, info: DistInfo, device: torch.device) ->
     trainer = Trainer(config, model, module, optimizer, scheduler, scaler, loader, sampler, device, info, output,
                       total_steps, dataset.use_fgbg, log=log)
     if resume:
-        _load_checkpoint_weights(module, resume_content, spec, resume)
+        load_weights(module, resume, spec.name, content=resume_content)
         resume_content = None  # the weights are in the model now
         trainer.load_train_state(resume_state)
         log(f"resumed from {resume} at step {trainer.step}")
@@ -646,23 +646,6 @@ def _train(config: TrainConfig, resume, info: DistInfo, device: torch.device) ->
         log(f"done: {trainer.step} steps; weights {output / LAST}")
     distributed.barrier(info)
     return TrainResult(output, trainer.step, total_steps, trainer.interrupted)
-
-
-def _load_checkpoint_weights(module: nn.Module, content: dict[str, Any], spec, path) -> None:
-    """Load the weights of a checkpoint already read (``load_weights`` reads the file itself)."""
-    try:
-        official = official_state_dict(content)
-    except ValueError as error:
-        raise CheckpointError(f"{path}: {error}") from None
-    expected = spec.to_official(module.state_dict())
-    wrong = sorted(key for key in set(expected) ^ set(official) if not spec.optional_key(key))
-    wrong += sorted(key for key in set(expected) & set(official) if official[key].shape != expected[key].shape)
-    if wrong:
-        raise CheckpointError(f"{path}: not a '{spec.name}' checkpoint ({len(wrong)} tensor(s) missing, "
-                              f"unexpected or of the wrong shape, e.g. {wrong[0]})")
-    # Optional keys the file omits keep the model's own values, as in load_weights.
-    state = {key: official.get(key, value) for key, value in expected.items()}
-    module.load_state_dict(spec.from_official(state), strict=True)
 
 
 def _freeze_unused_parameters(module: nn.Module, device: torch.device) -> list[str]:

@@ -80,6 +80,7 @@ def test_missing_file_and_folder(tmp_path):
         read_image(tmp_path)
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # p3m ignores it too (see p3m.io)
 @pytest.mark.parametrize("limit", [9000, 1000])  # over the limit, and over twice the limit
 def test_decompression_bomb_is_refused(tmp_path, monkeypatch, limit):
     Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(tmp_path / "big.png")

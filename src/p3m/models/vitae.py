@@ -115,8 +115,7 @@ def vitae_from_official(official: StateDict) -> StateDict:
 
 
 def build_vitae_s() -> P3MNet:
-    # Channels-last weights match the channels-last feature maps: no per-call weight reordering.
-    return P3MNet(ViTAESMaxPoolEncoder(), VITAE_S_DECODER).to(memory_format=torch.channels_last)
+    return P3MNet(ViTAESMaxPoolEncoder(), VITAE_S_DECODER)
 
 
 register_model(

@@ -102,8 +102,8 @@ class ApiError(Exception):
         self.status, self.message, self.headers, self.extra = status, message, headers or {}, extra or {}
 
 
-def _error_response(status: int, message: str, headers: Optional[dict] = None, **extra) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+def _error_response(code: int, message: str, headers: Optional[dict] = None, **extra) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=code, headers=headers)
 
 
 class _Admission:

@@ -64,20 +64,29 @@ def server(r34_checkpoint):
         process.stdout.close()
 
 
-def test_real_server_routes_key_and_limits(server, r34_checkpoint, tmp_path):
+@pytest.fixture(scope="module")
+def small_portrait(tmp_path_factory) -> Path:
+    """A 240-px-wide copy of a test portrait, to keep inference quick."""
+    path = tmp_path_factory.mktemp("portrait") / "portrait.jpg"
+    with Image.open(PORTRAIT) as image:
+        image.resize((240, round(240 * image.height / image.width))).save(path, quality=90)
+    return path
+
+
+def test_real_server_routes_key_and_limits(server, small_portrait, r34_checkpoint, tmp_path):
     auth = {"Authorization": f"Bearer {KEY}"}
     assert httpx.get(f"{server}/healthz").json() == {"status": "ready"}
     assert httpx.get(f"{server}/").headers["content-type"].startswith("text/html")
     assert httpx.get(f"{server}/v1/models").status_code == 401
     assert httpx.get(f"{server}/v1/models", headers=auth).json()["model"] == "resnet34"
     assert "server" not in httpx.get(f"{server}/healthz").headers
-    data = PORTRAIT.read_bytes()
+    data = small_portrait.read_bytes()
     matte = httpx.post(f"{server}/v1/matte", files={"image": ("p.jpg", data, "image/jpeg")},
                        data={"output": "alpha"}, headers=auth, timeout=120)
     assert matte.status_code == 200
-    assert main(["matte", str(PORTRAIT), "-o", str(tmp_path), "--weights", str(r34_checkpoint), "--method",
+    assert main(["matte", str(small_portrait), "-o", str(tmp_path), "--weights", str(r34_checkpoint), "--method",
                  "resize", "--device", "cpu", "--output", "alpha", "--quiet"]) == 0
-    assert matte.content == (tmp_path / "alpha" / f"{PORTRAIT.stem}.png").read_bytes()
+    assert matte.content == (tmp_path / "alpha" / "portrait.png").read_bytes()
     junk = httpx.post(f"{server}/v1/matte", content=b"\xff\xd8\xff" + b"\0" * 500,
                       headers={**auth, "Content-Type": "image/jpeg"})
     assert junk.status_code == 400 and "image" in junk.json()["error"]
@@ -95,15 +104,15 @@ def test_real_server_routes_key_and_limits(server, r34_checkpoint, tmp_path):
     assert httpx.get(f"{server}/healthz").status_code == 200  # still up
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium is not installed (scripts/setup.sh installs it)")
-def test_page_in_a_browser(server, tmp_path):
+def test_page_in_a_browser(server, small_portrait, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
+    assert os.path.exists(CHROMIUM), "chromium is not installed; scripts/setup.sh installs it (apt-get install chromium)"
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 860}, accept_downloads=True)
             page.goto(server)
-            page.set_input_files("#file", str(PORTRAIT))
+            page.set_input_files("#file", str(small_portrait))
             page.click("#run")
             page.wait_for_selector("#message:not([hidden])")
             assert "API key" in page.inner_text("#message")  # the key is missing: the error is shown in words
@@ -120,15 +129,15 @@ def test_page_in_a_browser(server, tmp_path):
             page.wait_for_function("document.getElementById('result').naturalWidth > 0")
             assert page.evaluate("window.sawBusy") and page.is_hidden("#busy") and page.is_hidden("#message")
             width = page.evaluate("document.getElementById('result').naturalWidth")
-            assert width == Image.open(PORTRAIT).width
+            assert width == 240
             with page.expect_download() as download_info:
                 page.click("#download")
             download = download_info.value
-            assert download.suggested_filename == f"{PORTRAIT.stem}-composite.png"
+            assert download.suggested_filename == "portrait-composite.png"
             saved = tmp_path / download.suggested_filename
             download.save_as(saved)
             with Image.open(saved) as result:
-                assert result.format == "PNG" and result.size == Image.open(PORTRAIT).size
+                assert result.format == "PNG" and result.size == Image.open(small_portrait).size
             if os.environ.get("P3M_SCREENSHOT"):
                 page.screenshot(path=os.environ["P3M_SCREENSHOT"], full_page=True)
         finally:

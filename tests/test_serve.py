@@ -45,7 +45,8 @@ def bomb_png(width=40000, height=40000) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    pixels = zlib.compress(b"\0" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +92,17 @@ def test_matte_options_change_the_result(client):
     assert base.content != hybrid.content
     assert Image.open(BytesIO(deep.content)).mode.startswith("I;16")
     assert Image.open(BytesIO(base.content)).size == (80, 96)
+
+
+def test_request_options_share_the_loaded_network(matter):
+    variant = matter.with_options(method="HYBRID", max_size=64, privacy=True)
+    assert variant.network is matter.network
+    assert (variant.method.value, variant.max_size, variant.privacy) == ("hybrid", 64, True)
+    assert (matter.method.value, matter.max_size, matter.privacy) == ("resize", 1600, False)
+    with pytest.raises(ValueError, match="unknown method"):
+        matter.with_options(method="sharpest")
+    with pytest.raises(ValueError, match="at least 32"):
+        matter.with_options(max_size=16)
 
 
 def test_models_and_health(client):
@@ -195,7 +207,7 @@ def test_body_over_the_limit_is_413_before_it_is_read(client):
     assert streamed.status_code == 413
 
 
-def test_anonymize_returns_the_file_p3m_anonymize_writes_and_leaves_no_file(client, tmp_path, monkeypatch):
+def test_anonymize_returns_the_file_p3m_anonymize_writes_and_leaves_no_file(client, matter, tmp_path, monkeypatch):
     source = PORTRAITS / "p_07141906.jpg"
     expected = anonymize_file(source, tmp_path / "expected.jpg")
     assert expected.status == "anonymized"
@@ -220,8 +232,10 @@ def test_anonymize_returns_the_file_p3m_anonymize_writes_and_leaves_no_file(clie
     refused = client.post("/v1/anonymize", files=upload(gif.getvalue(), "a.gif", "image/gif"))
     assert refused.status_code == 415 and "GIF" in refused.json()["error"]
     assert client.post("/v1/anonymize", files=upload(b"junk", "y.jpg", "image/jpeg")).status_code == 400
-    big = source.read_bytes() + b"\0" * (900 * 1024)  # spooled to disk by the form parser
-    assert client.post("/v1/matte", files=upload(big, "z.jpg", "image/jpeg"), data={"output": "alpha"}).status_code == 200
+    big = source.read_bytes() + b"\0" * (2 * 1024 * 1024)  # over 1 MiB: the form parser spools it to disk
+    with TestClient(create_app(matter, ServeSettings(max_upload_mb=3))) as roomy:
+        spooled = roomy.post("/v1/matte", files=upload(big, "z.jpg", "image/jpeg"), data={"output": "alpha"})
+        assert spooled.status_code == 200
     assert list(scratch.iterdir()) == []
 
 

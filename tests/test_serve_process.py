@@ -106,7 +106,7 @@ def test_real_server_routes_key_and_limits(server, small_portrait, r34_checkpoin
 
 def test_page_in_a_browser(server, small_portrait, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
-    assert os.path.exists(CHROMIUM), "chromium is not installed; scripts/setup.sh installs it (apt-get install chromium)"
+    assert os.path.exists(CHROMIUM), "chromium is not installed; scripts/setup.sh installs it with apt"
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM)
         try:

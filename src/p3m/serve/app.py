@@ -164,39 +164,45 @@ class _Service:
                            headers={"Retry-After": "5"})
         return self.matter
 
+
+class _Slot:
+    """An admitted request's place: given back when the request ends, or, once it has
+    handed a job to the worker, when that job ends (a request cancelled by its client
+    keeps counting while its job runs)."""
+
+    def __init__(self, service: _Service):
+        self._service = service
+        self.handed_over = False
+
     async def run(self, job: Callable, *args):
-        """Run ``job(*args)`` on the worker; the caller's admission ends with the job."""
+        """Run ``job(*args)`` on the worker thread and wait for its result."""
+        admission = self._service.admission
         started = time.monotonic()
 
         def timed():
             try:
                 return job(*args)
             finally:
-                self.admission.record(time.monotonic() - started)
+                admission.record(time.monotonic() - started)
 
-        future = self.worker.submit(timed)
-        future.add_done_callback(lambda _: self.admission.leave())
+        future = self._service.worker.submit(timed)
+        self.handed_over = True
+        future.add_done_callback(lambda _: admission.leave())
         return await asyncio.wrap_future(future)
 
 
 @asynccontextmanager
 async def _admitted(service: _Service):
-    """Admit a request or answer 503; the slot is held until its worker job ends."""
+    """Admit a request (yielding its :class:`_Slot`) or answer 503 with Retry-After."""
     if not service.admission.try_enter():
         raise ApiError(503, "the server is busy; retry later",
                        headers={"Retry-After": str(service.admission.retry_after())})
-    handed = _Handover()
+    slot = _Slot(service)
     try:
-        yield handed
+        yield slot
     finally:
-        if not handed.done:
+        if not slot.handed_over:
             service.admission.leave()
-
-
-class _Handover:
-    """Set once a request's slot has passed to its worker job (which then releases it)."""
-
-    done = False
 
 
 def create_app(matter: Union[Matter, Callable[[], Matter]], settings: ServeSettings = ServeSettings()) -> FastAPI:
@@ -243,11 +249,10 @@ def create_app(matter: Union[Matter, Callable[[], Matter]], settings: ServeSetti
               response_class=Response, openapi_extra=_matte_openapi(), responses=_PNG_RESPONSE)
     async def matte(request: Request):
         loaded = service.ready_matter()
-        async with _admitted(service) as handover:
+        async with _admitted(service) as slot:
             data, fields = await _read_input(request, service)
             options = _matte_options(fields, loaded)
-            handover.done = True
-            png = await service.run(_matte_job, data, options)
+            png = await slot.run(_matte_job, data, options)
         return Response(png, media_type="image/png",
                         headers={"Content-Disposition": f'inline; filename="p3m-{options.output}.png"'})
 
@@ -255,11 +260,10 @@ def create_app(matter: Union[Matter, Callable[[], Matter]], settings: ServeSetti
               response_class=Response, openapi_extra=_anonymize_openapi())
     async def anonymize(request: Request):
         service.ready_matter()
-        async with _admitted(service) as handover:
+        async with _admitted(service) as slot:
             data, fields = await _read_input(request, service)
             method, threshold, as_json = _anonymize_options(fields)
-            handover.done = True
-            report, content, media_type = await service.run(_anonymize_job, data, method, threshold)
+            report, content, media_type = await slot.run(_anonymize_job, data, method, threshold)
         faces = [face.to_dict() for face in report.faces]
         if report.status == "not_anonymized":
             raise ApiError(422, report.error.replace(str(report.input), "image"), extra={

@@ -50,6 +50,8 @@ def test_loopback_is_refused_unless_allowed(web):
     assert web.requests == []  # refused before connecting
     fetched = fetch_url(web.url("/a.jpg"), allow_private=True)
     assert fetched.content == b"payload" and fetched.content_type == "image/jpeg"
+    web.routes["/closing.jpg"] = (200, {"Connection": "close"}, b"last words")
+    assert fetch_url(web.url("/closing.jpg"), allow_private=True).content == b"last words"
 
 
 def test_names_are_checked_after_resolution(monkeypatch):

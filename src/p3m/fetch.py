@@ -107,6 +107,7 @@ def _get_once(url: str, max_bytes: int, deadline: float, allow_private: bool):
     try:
         connection.request("GET", target, headers={"User-Agent": f"p3m/{__version__}",
                                                    "Accept": "image/*", "Accept-Encoding": "identity"})
+        sock = connection.sock  # the response keeps reading from it after a "Connection: close"
         response = connection.getresponse()
         location = response.getheader("Location")
         content_type = response.getheader("Content-Type", "")
@@ -117,7 +118,7 @@ def _get_once(url: str, max_bytes: int, deadline: float, allow_private: bool):
             raise ResponseTooLarge(f"{url}: {int(declared)} bytes, over the {max_bytes}-byte limit")
         chunks, size = [], 0
         while True:
-            connection.sock.settimeout(_remaining(url, deadline))
+            sock.settimeout(_remaining(url, deadline))
             chunk = response.read1(_CHUNK)
             if not chunk:
                 break

@@ -5,8 +5,8 @@ import socket
 
 import pytest
 
-from p3m import fetch
-from p3m.fetch import FetchError, ResponseTooLarge, URLRefused, fetch_url, is_refused_address
+from p3m.io import fetch
+from p3m.io.fetch import FetchError, ResponseTooLarge, URLRefused, fetch_url, is_refused_address
 from web_fixtures import FakeWeb, slow_body
 
 

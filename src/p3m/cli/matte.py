@@ -114,7 +114,7 @@ def _download(urls: list[str], folder: Path, allow_private: bool):
         {downloaded file: url}, the (file, relative output path) pairs, and
         [(url, message)] for the URLs that could not be fetched.
     """
-    from p3m.fetch import FetchError, fetch_url
+    from p3m.io.fetch import FetchError, fetch_url
     from p3m.io import atomic_write
 
     sources, pairs, failures = {}, [], []

@@ -33,7 +33,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 from typing import Callable, Optional, Union
 
@@ -46,7 +45,7 @@ from PIL import ImageOps
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from p3m import __version__
-from p3m.fetch import DEFAULT_TIMEOUT, FetchError, ResponseTooLarge, URLRefused, fetch_url
+from p3m.io.fetch import DEFAULT_TIMEOUT, FetchError, ResponseTooLarge, URLRefused, fetch_url
 from p3m.inference.batch import OUTPUT_KINDS, MatteOptions, encode_png, output_images
 from p3m.inference.compose import FOREGROUND_MODES, Background, parse_colour
 from p3m.inference.matter import Matter
@@ -532,20 +531,17 @@ def _boolean(fields: dict[str, str], name: str, default: bool) -> bool:
 
 
 def _decode(data: bytes) -> tuple[np.ndarray, str]:
-    """(H, W, 3) uint8 RGB, EXIF orientation applied, and the Pillow format name, through the one reader."""
+    """(H, W, 3) uint8 RGB, EXIF orientation applied (as :func:`p3m.io.read_image`), and the format name."""
     try:
-        with open_image(BytesIO(data)) as image:
+        with open_image(data, name="image") as image:
             return to_rgb8(ImageOps.exif_transpose(image)), image.format or ""
     except ImageReadError as error:
-        raise ApiError(400, f"image: {str(error).split(': ', 1)[-1]}") from None
+        raise ApiError(400, str(error)) from None
 
 
 def _matte_job(data: bytes, request: _MatteRequest) -> bytes:
     image, _ = _decode(data)
-    try:
-        result = request.matter.predict(image)
-    except ImageReadError as error:
-        raise ApiError(400, f"image: {str(error).split(': ', 1)[-1]}") from None
+    result = request.matter.predict(image)
     ((_, array),) = output_images(result, (request.output,), request.options, request.background)
     return encode_png(array)
 

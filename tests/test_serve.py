@@ -369,3 +369,15 @@ def test_matte_command_reads_urls(r34_checkpoint, tmp_path, capsys):
     assert f"{web.url('/notes.png')}: not an image file" in err and "1 done, 0 skipped (outputs exist), 1 failed" in err
     assert (tmp_path / "out" / "alpha" / "me_too.png").read_bytes() == \
         (tmp_path / "from_file" / "alpha" / "local.png").read_bytes()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--max-pending", "-1"], "--max-pending must be 0 or more"),
+    (["--max-upload-mb", "0"], "--max-upload-mb must be positive"),
+    (["--port", "70000"], "--port must be in 1-65535"),
+    (["--api-key", " "], "must not be empty"),
+    (["--weights", "/no/such/weights.pth"], "no such weights file"),
+])
+def test_serve_command_usage_errors(argv, words, capsys):
+    assert main(["serve", *argv]) == 2
+    assert words in capsys.readouterr().err

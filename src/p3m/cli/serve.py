@@ -50,12 +50,15 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 < args.port < 65536:
         raise CommandError(f"--port must be in 1-65535, got {args.port}")
-    try:
-        settings = ServeSettings(max_upload_mb=args.max_upload_mb, max_pending=args.max_pending,
-                                 api_key=args.api_key or os.environ.get("P3M_API_KEY") or None,
-                                 allow_private_urls=args.allow_private_urls)
-    except ValueError as error:
-        raise CommandError(str(error)) from None
+    if args.max_pending < 0:
+        raise CommandError(f"--max-pending must be 0 or more, got {args.max_pending}")
+    if not args.max_upload_mb > 0:
+        raise CommandError(f"--max-upload-mb must be positive, got {args.max_upload_mb:g}")
+    api_key = args.api_key if args.api_key is not None else os.environ.get("P3M_API_KEY")
+    if api_key is not None and not api_key.strip():
+        raise CommandError("--api-key (or P3M_API_KEY) must not be empty")
+    settings = ServeSettings(max_upload_mb=args.max_upload_mb, max_pending=args.max_pending, api_key=api_key,
+                             allow_private_urls=args.allow_private_urls)
     try:
         matter = Matter(model=args.model, weights=args.weights, method=args.method, max_size=args.max_size,
                         device=args.device)

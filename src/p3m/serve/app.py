@@ -45,11 +45,11 @@ from PIL import ImageOps
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from p3m import __version__
-from p3m.io.fetch import DEFAULT_TIMEOUT, FetchError, ResponseTooLarge, URLRefused, fetch_url
 from p3m.inference.batch import OUTPUT_KINDS, MatteOptions, encode_png, output_images
 from p3m.inference.compose import FOREGROUND_MODES, Background, parse_colour
 from p3m.inference.matter import Matter
 from p3m.io import ImageReadError, atomic_write, open_image, to_rgb8
+from p3m.io.fetch import DEFAULT_TIMEOUT, FetchError, ResponseTooLarge, URLRefused, fetch_url
 from p3m.privacy import DEFAULT_THRESHOLD, METHODS, anonymize_file
 
 LOG = logging.getLogger("p3m.serve")
@@ -405,7 +405,7 @@ async def _read_input(request: Request, service: _Service) -> tuple[bytes, dict[
         raise ApiError(415, f"unsupported content type {content_type!r}; send multipart/form-data with an "
                             "'image' file, an image body, or a 'url'")
     url = fields.pop("url", None)
-    if data is not None and url:
+    if data and url:
         raise ApiError(400, "send either an image or a url, not both")
     if url:
         data = await _fetch(url, service.settings)

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -213,9 +212,10 @@ def article_run(tmp_path_factory, r34_checkpoint):
     result = root / "outputs.npz"
     script = ARTICLE.format(weights=str(r34_checkpoint), portrait=str(PORTRAIT), result=str(result))
     source = str(Path(p3m.__file__).parents[1])
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}  # as on a user's machine
+    # Bytecode on, as on a user's machine: uninstall must clean what Ikomia's import leaves.
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
     env.update(HOME=str(home), PYTHONPATH=os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")])))
-    run = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=root, env=env, capture_output=True,
+    run = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     out = root / "matte"

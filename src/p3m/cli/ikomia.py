@@ -15,7 +15,8 @@ def add_parser(subparsers) -> None:
     install.add_argument("--force", action="store_true",
                          help="move a plugin of the same name that p3m did not install aside (uninstall puts it back)")
     install.set_defaults(handler=install_plugin)
-    actions.add_parser("uninstall", help="remove what 'p3m ikomia install' wrote").set_defaults(handler=uninstall_plugin)
+    uninstall = actions.add_parser("uninstall", help="remove what 'p3m ikomia install' wrote")
+    uninstall.set_defaults(handler=uninstall_plugin)
 
 
 def install_plugin(args: argparse.Namespace) -> int:

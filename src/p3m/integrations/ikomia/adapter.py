@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
+import torch
 
 from p3m.inference.compose import alpha_to_uint, cutout, foreground_colour
 from p3m.inference.matter import Matter, MatteResult
@@ -64,7 +65,7 @@ class TaskSettings:
         try:
             model = get_spec(merged["model_name"]).name
         except KeyError as error:
-            raise ValueError(f"parameter 'model_name': {str(error).strip(chr(34) + chr(39))}") from None
+            raise ValueError(f"parameter 'model_name': {error.args[0]}") from None
         try:
             method = Method.parse(merged["method"])
         except ValueError:
@@ -121,8 +122,6 @@ class MattingAdapter:
 
     def run(self, image: np.ndarray, values: Mapping[str, str]) -> tuple[np.ndarray, np.ndarray]:
         """Matte ``image`` ((H, W, 3) uint8 RGB, as Ikomia's ``get_image()`` gives it) -> (alpha, rgba)."""
-        import torch
-
         settings = TaskSettings.from_values(values, cuda_available=torch.cuda.is_available())
         if image is None or image.size == 0:
             raise ValueError("no input image")

@@ -59,9 +59,9 @@ class MattingTaskFactory(dataprocess.CTaskFactory):
         info = self.info
         info.name = TASK_NAME
         info.short_description = "Privacy-preserving portrait matting (P3M-Net) with p3m"
-        info.description = ("Trimap-free portrait matting with P3M-Net (ResNet-34 or ViTAE-S), the official HYBRID/RESIZE "
-                            "inference, safe checkpoint loading and an optional privacy mode that blurs faces before "
-                            "the network sees them. Output 0: the alpha matte; output 1: the RGBA cutout.")
+        info.description = ("Trimap-free portrait matting with P3M-Net (ResNet-34 or ViTAE-S), the official "
+                            "HYBRID/RESIZE inference, safe checkpoint loading and an optional privacy mode that blurs "
+                            "faces before the network sees them. Output 0: the alpha matte; output 1: the RGBA cutout.")
         info.path = "Plugins/Python/Background"
         info.version = __version__
         info.authors = "Li, Jizhizi and Ma, Sihan and Zhang, Jing and Tao, Dacheng"

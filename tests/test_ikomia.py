@@ -54,6 +54,21 @@ def test_install_writes_the_plugin_where_ikomia_looks(home, capsys):
     assert _snapshot(folder) == before
 
 
+@pytest.mark.parametrize("config, expected", [
+    ("root_folder: {root}\nregistry:\n  path:\n", "{root}/Plugins"),
+    ("root_folder:\nregistry:\n  path: {root}/elsewhere/\n", "{root}/elsewhere"),
+    ("root_folder: [not, a, path\n", "{home}/Ikomia/Plugins"),
+])
+def test_the_plugin_folder_follows_ikomia_config(home, tmp_path, monkeypatch, config, expected):
+    package = tmp_path / "site" / "ikomia"
+    (package / "core").mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('p3m must not import ikomia to find its folder')\n")
+    (package / "core" / "config.yaml").write_text(config.format(root=tmp_path / "root"))
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.delitem(sys.modules, "ikomia", raising=False)
+    assert ikomia_plugins_dir() == Path(expected.format(root=tmp_path / "root", home=home))
+
+
 def test_a_plugin_p3m_did_not_install_is_refused_moved_aside_with_force_and_put_back(home, capsys):
     folder = _plugin(home)
     (folder / "weights").mkdir(parents=True)

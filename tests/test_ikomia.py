@@ -91,6 +91,13 @@ def test_a_plugin_p3m_did_not_install_is_refused_moved_aside_with_force_and_put_
     assert "put back" in capsys.readouterr().out
     assert _snapshot(folder) == hub and not moved[0].exists()
 
+    assert main(["ikomia", "install", "--force"]) == 0
+    (folder / "notes.txt").write_text("mine")
+    assert main(["ikomia", "uninstall"]) == 0
+    moved = [path for path in folder.parent.iterdir() if path.name.startswith(f"{PLUGIN_NAME}.replaced-by-p3m-")]
+    assert f"stays in {moved[0]}" in capsys.readouterr().out
+    assert _snapshot(moved[0]) == hub and _snapshot(folder) == {"notes.txt": b"mine"}
+
 
 def test_uninstall_removes_only_unchanged_files_p3m_wrote(home, capsys):
     assert main(["ikomia", "install"]) == 0

@@ -50,6 +50,8 @@ def uninstall_plugin(args: argparse.Namespace) -> int:
         print(f"kept {path} (not p3m's, or changed since install)")
     if report.restored:
         print(f"put back the plugin that was there before: {report.restored}")
+    if report.still_aside:
+        print(f"the plugin that was there before stays in {report.still_aside} (the folder is not empty)")
     return 0
 
 

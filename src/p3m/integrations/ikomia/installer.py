@@ -50,6 +50,7 @@ class UninstallReport:
     removed: tuple[Path, ...]
     kept: tuple[Path, ...]  # files p3m wrote that were changed since, or files it did not write
     restored: Path | None  # the plugin moved aside at install, back in place
+    still_aside: Path | None  # that plugin, left aside because files remain in the folder
 
 
 def ikomia_plugins_dir() -> Path:
@@ -125,12 +126,16 @@ def uninstall(plugins_dir: os.PathLike | None = None) -> UninstallReport:
     kept = sorted(path for path in folder.rglob("*") if not path.is_dir())
     if not any(folder.iterdir()):
         folder.rmdir()
-    restored = None
+    restored = still_aside = None
     backup = folder.with_name(marker["moved_aside"]) if marker["moved_aside"] else None
-    if backup is not None and backup.is_dir() and not folder.exists():
-        os.replace(backup, folder)
-        restored = folder
-    return UninstallReport(folder=folder, removed=tuple(removed), kept=tuple(kept), restored=restored)
+    if backup is not None and backup.is_dir():
+        if folder.exists():
+            still_aside = backup
+        else:
+            os.replace(backup, folder)
+            restored = folder
+    return UninstallReport(folder=folder, removed=tuple(removed), kept=tuple(kept), restored=restored,
+                           still_aside=still_aside)
 
 
 def _ikomia_config() -> dict:

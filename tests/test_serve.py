@@ -250,6 +250,18 @@ def test_failed_verification_is_422_without_an_image(client, monkeypatch):
     assert "still detected" in body["error"] and "image" not in body
 
 
+def test_a_failed_write_is_a_500_without_paths_or_traceback(client, monkeypatch):
+    import p3m.privacy.files as files
+
+    def full_disk(path, array, **options):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files, "save_image", full_disk)
+    response = client.post("/v1/anonymize", files=upload(portrait_png()))
+    assert response.status_code == 500
+    assert response.json() == {"error": "the anonymized image could not be written; the server log has the details"}
+
+
 def test_api_key_guards_every_route_but_health_and_the_page(matter):
     app = create_app(matter, ServeSettings(api_key="s3cret"))
     with TestClient(app) as test_client:

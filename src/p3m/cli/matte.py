@@ -42,16 +42,21 @@ def run(args: argparse.Namespace) -> int:
     from p3m.inference.batch import MatteOptions, has_pending_work, matte_files
     from p3m.inference.matter import Matter
     from p3m.inputs import check_output_folder, collect_inputs, output_paths
+    from p3m.io import OutputFolder
     from p3m.weights import WeightsUnavailableError
 
     try:
         options = MatteOptions(outputs=tuple(kind.strip() for kind in args.outputs.split(",") if kind.strip()),
                                background=args.background, foreground=args.foreground,
                                alpha_depth=args.alpha_depth, overwrite=args.overwrite)
-        pairs = collect_inputs(args.inputs)
         check_output_folder(args.out_dir, args.inputs)
+        pairs = collect_inputs(args.inputs)
         for kind in options.outputs:  # refuse two inputs sharing an output, or an output over an input
             output_paths(pairs, args.out_dir / kind, suffix=".png")
+        read = [source for source, _ in pairs]
+        if "composite" in options.outputs and Path(options.background).is_file():
+            read.append(Path(options.background))
+        outputs = OutputFolder(args.out_dir, read)
     except (ValueError, FileNotFoundError) as error:
         raise CommandError(str(error)) from None
     if "composite" in options.outputs:
@@ -77,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
         tqdm.write(f"error: {message}", file=sys.stderr)
 
     show_progress = not args.quiet and len(pairs) > 1
-    report = matte_files(matter, pairs, args.out_dir, options, on_error=report_error, progress=show_progress)
+    report = matte_files(matter, pairs, args.out_dir, options, on_error=report_error, progress=show_progress,
+                         outputs=outputs)
     print(f"p3m matte: {report.summary()} -> {args.out_dir}", file=sys.stderr)
+    if report.interrupted:
+        return 130
     return 0 if report.ok else 1

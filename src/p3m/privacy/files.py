@@ -13,7 +13,7 @@ from PIL import Image, ImageCms, ImageOps
 from p3m.io import ImageReadError, atomic_write, open_image, save_image, to_rgb8
 from p3m.privacy.detector import DEFAULT_THRESHOLD, DetectorError, Face, FaceDetector, detect_faces, merge_faces
 from p3m.privacy.obfuscate import face_mask, obfuscate
-from p3m.privacy.pipeline import default_verify_threshold
+from p3m.privacy.pipeline import OBFUSCATION_ROUNDS, default_verify_threshold
 
 STATUSES = ANONYMIZED, NO_FACES, NOT_ANONYMIZED, ERROR = "anonymized", "no_faces", "not_anonymized", "error"
 JPEG_QUALITY = 95
@@ -161,6 +161,23 @@ def _hidden(frame: _Frame, faces: list[Face], method: str) -> _Frame:
     return _Frame(image, alpha, frame.duration)
 
 
+def _hide(frame: _Frame, faces: list[Face], method: str, threshold: float,
+          detector: Optional[FaceDetector]) -> tuple[_Frame, list[Face], list[Face]]:
+    """Obfuscate, check, and obfuscate again what is still found (up to OBFUSCATION_ROUNDS passes).
+
+    Returns:
+        the frame, the faces still detected (empty: verified), and every face obfuscated.
+    """
+    remaining, covered = faces, []
+    for _ in range(OBFUSCATION_ROUNDS):
+        frame = _hidden(frame, remaining, method)
+        covered += remaining
+        remaining = _detect(frame, threshold, detector)
+        if not remaining:
+            break
+    return frame, remaining, covered
+
+
 def _output_format(path: Path) -> str:
     return _FORMATS.get(path.suffix.lower(), "PNG")
 
@@ -241,9 +258,12 @@ def anonymize_file(source: os.PathLike, output: os.PathLike, mask_output: Option
         found = [_detect(frame, threshold, detector) for frame in loaded.frames]
         report.faces = [face for faces in found for face in faces]
         report.face_frames = [index for index, faces in enumerate(found) for _ in faces]
-        hidden = [_hidden(frame, faces, method) for frame, faces in zip(loaded.frames, found)]
-        remaining = [(index, face) for index, frame in enumerate(hidden)
-                     for face in _detect(frame, check, detector)]
+        hidden, remaining, hidden_faces = [], [], []
+        for index, (frame, faces) in enumerate(zip(loaded.frames, found)):
+            frame, left, covered = _hide(frame, faces, method, check, detector)
+            hidden.append(frame)
+            hidden_faces.append(covered)
+            remaining += [(index, face) for face in left]
     except ImageReadError as error:
         report.error = str(error)
     except DetectorError as error:
@@ -260,8 +280,7 @@ def anonymize_file(source: os.PathLike, output: os.PathLike, mask_output: Option
                 _write_like_source(output, hidden, loaded)
                 if mask_output is not None:
                     shape = loaded.frames[0].image.shape
-                    save_image(mask_output, face_mask(shape, report.faces) if report.frames == 1 else
-                               np.max([face_mask(shape, faces) for faces in found], axis=0))
+                    save_image(mask_output, np.max([face_mask(shape, faces) for faces in hidden_faces], axis=0))
             except (OSError, ValueError) as error:
                 report.error = f"{output}: cannot write ({error})"
             else:

@@ -10,6 +10,11 @@ from p3m.privacy.detector import DEFAULT_THRESHOLD, Face, FaceDetector, detect_f
 from p3m.privacy.obfuscate import obfuscate
 
 
+# Obfuscation passes before a file fails verification: each later pass hides again
+# what the check still finds (one more pass cleared every such case of the privacy suite).
+OBFUSCATION_ROUNDS = 3
+
+
 @dataclass(frozen=True)
 class Anonymized:
     """Result of :func:`anonymize`.
@@ -54,14 +59,21 @@ def anonymize(image: np.ndarray, method: str = "blur", threshold: float = DEFAUL
             raising ``threshold`` never loosens the check.
 
     Returns:
-        the obfuscated image with the faces found before and after.
+        the obfuscated image with the faces found before and after: where
+        the check still finds a face (a blurred face can keep a face's
+        shape), that face is obfuscated again, up to OBFUSCATION_ROUNDS in all.
     """
     faces = detect_faces(image, threshold, detector)
     check = default_verify_threshold(threshold) if verify_threshold is None else verify_threshold
     if not faces and check >= threshold:
         return Anonymized(image.copy(), [], [])
-    hidden = obfuscate(image, faces, method)
-    return Anonymized(hidden, faces, verify(hidden, check, detector))
+    hidden, remaining = image, faces
+    for _ in range(OBFUSCATION_ROUNDS):
+        hidden = obfuscate(hidden, remaining, method)
+        remaining = verify(hidden, check, detector)
+        if not remaining:
+            break
+    return Anonymized(hidden, faces, remaining)
 
 
 def default_verify_threshold(threshold: float) -> float:
@@ -79,7 +91,7 @@ class PrivacyRecord:
 
     Attributes:
         faces_hidden: faces detected and obfuscated.
-        method: ``blur``, or ``fill`` when a face was still detected under the blur.
+        method: ``blur``, or ``fill`` when a face was still detected under repeated blurs.
         threshold: detection and verification score threshold.
         verified: the detector finds no face in the network's input (always
             true in a record: a failed verification raises instead).
@@ -100,8 +112,9 @@ def hide_faces_for_model(image: np.ndarray, threshold: float = DEFAULT_THRESHOLD
     """Obfuscate the faces of a photo before a matting network sees it, and verify (privacy mode).
 
     Faces are blurred (the P3M-10k look the network was trained on); the
-    result is searched again with the same detector and threshold, and if a
-    face is still found, every face is filled flat and searched again.
+    result is searched again with the same detector and threshold, and what
+    is still found is blurred again; if a face is still found then, every
+    face is filled flat and searched again.
 
     Args:
         image: (H, W, 3) uint8 RGB.
@@ -123,12 +136,12 @@ def hide_faces_for_model(image: np.ndarray, threshold: float = DEFAULT_THRESHOLD
     faces = detect_faces(image, threshold, detector)
     if not faces:
         return image.copy(), PrivacyRecord(0, "blur", threshold)
-    for method in ("blur", "fill"):
-        hidden = obfuscate(image, faces, method)
+    hidden, remaining = image, faces
+    for method in ("blur",) * (OBFUSCATION_ROUNDS - 1) + ("fill",):
+        hidden = obfuscate(hidden, remaining if method == "blur" else merge_faces([*faces, *remaining]), method)
         remaining = verify(hidden, threshold, detector)
         if not remaining:
             return hidden, PrivacyRecord(len(faces), method, threshold)
-        faces = merge_faces([*faces, *remaining])
     best = max(face.score for face in remaining)
     raise PrivacyError(f"{len(remaining)} face(s) still detected after filling every face (best score "
                        f"{best:.2f}); the network was not run on this image")

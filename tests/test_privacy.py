@@ -327,27 +327,41 @@ def test_anonymize_for_model():
             privacy.anonymize_for_model(bad)
 
 
-@pytest.mark.parametrize("mode, name, kept", [
-    ("RGB", "rgb.jpg", True),
-    ("RGBA", "rgba.png", True),
-    ("L", "gray.png", True),
-    ("LA", "gray_alpha.png", True),
-    ("CMYK", "cmyk.jpg", False),  # written as RGB: a CMYK profile would misdescribe it
-    ("CMYK", "cmyk.tif", False),
-])
-def test_anonymized_file_keeps_the_colour_profile_only_for_the_same_colour_family(tmp_path, monkeypatch,
-                                                                                 mode, name, kept):
+def _suite():
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("privacy_suite", PORTRAITS.parent / "privacy_suite.py")
+    module = sys.modules.setdefault("privacy_suite", importlib.util.module_from_spec(spec))
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("mode, name", [("RGB", "rgb.jpg"), ("RGB", "rgb.png"), ("RGBA", "rgba.png"),
+                                        ("RGB", "rgb.tif"), ("RGB", "rgb.webp"), ("L", "gray.png"),
+                                        ("CMYK", "cmyk.jpg")])
+def test_anonymized_file_is_converted_to_srgb_and_carries_no_profile(tmp_path, monkeypatch, mode, name):
     from PIL import Image
 
-    noise = np.random.default_rng(1).integers(0, 256, (96, 128, 4), dtype=np.uint8)
+    halves = np.zeros((64, 128, 4), np.uint8)
+    halves[:, :64] = (255, 0, 0, 255)  # pure red on the left, pure green on the right
+    halves[:, 64:] = (0, 255, 0, 255)
     source, output = tmp_path / name, tmp_path / "out" / name
-    Image.fromarray(noise, "RGBA").convert(mode).save(source, icc_profile=b"test profile " + mode.encode())
+    profile = _suite().icc_profile("SECRET-PROFILE") if mode in ("RGB", "RGBA") else b"SECRET-PROFILE, not a profile"
+    options = {"quality": 95} if name.endswith(".jpg") else {"lossless": True} if name.endswith(".webp") else {}
+    Image.fromarray(halves, "RGBA").convert(mode).save(source, icc_profile=profile, **options)
     opened = []
     real_open = Image.open
     monkeypatch.setattr(Image, "open", lambda *args, **kwargs: opened.append(args[0]) or real_open(*args, **kwargs))
     report = privacy.anonymize_file(source, output)
     monkeypatch.undo()
-    assert report.status == "no_faces" and opened == [source]  # one decode of the source
+    assert report.status == "no_faces" and len(opened) == 1  # one decode of the source
+    assert b"SECRET-PROFILE" not in output.read_bytes()
     with Image.open(output) as written:
-        assert written.mode == {"CMYK": "RGB"}.get(mode, mode)
-        assert written.info.get("icc_profile") == (b"test profile " + mode.encode() if kept else None)
+        assert written.mode == {"CMYK": "RGB"}.get(mode, mode) and "icc_profile" not in written.info
+        pixels = np.asarray(written.convert("RGB")).astype(int)
+    left, right = pixels[:, :64].mean(axis=(0, 1)), pixels[:, 64:].mean(axis=(0, 1))
+    if mode in ("RGB", "RGBA"):  # the profile swaps red and green: converted, the halves trade places
+        assert left[1] > left[0] + 100 and right[0] > right[1] + 100
+    elif mode == "L":  # an unreadable profile: the pixels are taken as sRGB
+        assert np.array_equal(pixels[:, :, 0], np.asarray(Image.fromarray(halves, "RGBA").convert("L")))

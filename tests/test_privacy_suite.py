@@ -66,4 +66,4 @@ def test_privacy_mode_never_shows_the_network_a_face(cases, name, r34_checkpoint
             continue
         assert detect_faces(seen[-1]) == []
         assert np.array_equal(result.image, image) and result.privacy.verified
-        assert result.privacy.faces_hidden >= (1 if cases[name].faces else 0)
+        assert result.privacy.faces_hidden == len(detect_faces(image))  # what the network would have seen

@@ -365,3 +365,45 @@ def test_anonymized_file_is_converted_to_srgb_and_carries_no_profile(tmp_path, m
         assert left[1] > left[0] + 100 and right[0] > right[1] + 100
     elif mode == "L":  # an unreadable profile: the pixels are taken as sRGB
         assert np.array_equal(pixels[:, :, 0], np.asarray(Image.fromarray(halves, "RGBA").convert("L")))
+
+
+# --- search geometry ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [1, 300, 2048, 2049, 2750, 7500, 20000])
+def test_tiles_cover_every_face_up_to_the_overlap_whole(length):
+    from p3m.privacy.detector import _OVERLAP, _TILE, _spans
+
+    spans = _spans(length)
+    assert spans[0].start == 0 and spans[-1].stop == length
+    assert all(span.stop - span.start <= _TILE for span in spans)
+    for before, after in zip(spans, spans[1:]):
+        assert before.stop - after.start >= _OVERLAP  # a window of _OVERLAP px anywhere lies inside one tile
+
+
+def test_fragments_and_repeats_of_one_face_are_merged():
+    from p3m.privacy.detector import merge
+
+    points = np.zeros((5, 2))
+    whole = (np.array([100.0, 100, 300, 350]), 0.8, points, True)
+    fragment = (np.array([150.0, 120, 250, 220]), 0.9, points, False)  # inside the coarse level's box
+    repeat = (np.array([104.0, 98, 305, 352]), 0.7, points, False)  # the same face from another tile
+    other = (np.array([400.0, 100, 500, 220]), 0.6, points, False)
+    faces = merge([fragment, whole, repeat, other])
+    assert [face.box for face in faces] == [(100, 100, 300, 350), (400, 100, 500, 220)]
+
+
+@pytest.mark.parametrize("turns", [1, 2, 3])
+def test_turned_faces_are_found_and_mapped_back(turns):
+    image = load("p_bac3c1ff")
+    (upright,) = faces_of("p_bac3c1ff")
+    (face,) = privacy.detect_faces(np.ascontiguousarray(np.rot90(image, turns)))
+    height, width = image.shape[:2]
+    x0, y0, x1, y1 = upright.box
+    corners = np.array([[x0, y0], [x1, y1]])
+    for _ in range(turns):  # where the upright box lies in the turned image (counterclockwise turns)
+        corners = np.stack([corners[:, 1], width - corners[:, 0]], axis=1)
+        height, width = width, height
+    expected = (*corners.min(axis=0), *corners.max(axis=0))
+    assert iou(face.box, expected) > 0.6
+    assert privacy.anonymize(np.ascontiguousarray(np.rot90(image, turns))).verified

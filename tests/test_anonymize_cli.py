@@ -177,10 +177,10 @@ def test_methods_and_glob_inputs(photos, tmp_path, capsys, monkeypatch, method):
 def test_a_raised_threshold_does_not_loosen_verification(photos, tmp_path, capsys):
     report = tmp_path / "report.json"
     status, err = run(capsys, photos / "with_face", "-o", tmp_path / "out", "--threshold", "0.95", "--report", report)
-    (entry,) = json.loads(report.read_text())
-    assert status == 1 and entry["status"] == "not_anonymized" and entry["faces"] == []
+    (entry,) = json.loads(report.read_text())  # the face scores below 0.95: the check at 0.5 finds and hides it
+    assert status == 0 and entry["status"] == "anonymized" and len(entry["faces"]) == 1
     assert (entry["threshold"], entry["verify_threshold"]) == (0.95, 0.5)
-    assert "still detected" in err and not (tmp_path / "out" / "p_bac3c1ff.jpg").exists()
+    assert privacy.detect_faces(read_image(tmp_path / "out" / "p_bac3c1ff.jpg")) == []
     status, _ = run(capsys, photos / "with_face", "-o", tmp_path / "out", "--threshold", "0.95",
                     "--verify-threshold", "0.95", "--report", report)
     (entry,) = json.loads(report.read_text())

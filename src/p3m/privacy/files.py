@@ -27,7 +27,8 @@ _SRGB = ImageCms.createProfile("sRGB")
 class FileReport:
     """What happened to one input file; ``to_dict`` gives its JSON report entry.
 
-    ``status`` is ``anonymized`` (faces obfuscated and verified),
+    ``status`` is ``anonymized`` (faces obfuscated and verified; ``faces``
+    lists every face obfuscated, also those only the check found),
     ``no_faces`` (none detected, nor by the verification; written with the
     pixels as read), ``not_anonymized`` (a face is still detected after
     obfuscation; nothing written) or ``error`` (unreadable input, an image
@@ -165,13 +166,17 @@ def _hide(frame: _Frame, faces: list[Face], method: str, threshold: float,
           detector: Optional[FaceDetector]) -> tuple[_Frame, list[Face], list[Face]]:
     """Obfuscate, check, and obfuscate again what is still found (up to OBFUSCATION_ROUNDS passes).
 
+    A face that only the check finds (it runs at a lower threshold than the
+    detection, or a blurred face kept a face's shape) is obfuscated too.
+
     Returns:
-        the frame, the faces still detected (empty: verified), and every face obfuscated.
+        the frame, the faces still detected (empty: verified), and every face
+        obfuscated, one entry per face.
     """
     remaining, covered = faces, []
     for _ in range(OBFUSCATION_ROUNDS):
         frame = _hidden(frame, remaining, method)
-        covered += remaining
+        covered = merge_faces([*covered, *remaining])
         remaining = _detect(frame, threshold, detector)
         if not remaining:
             break
@@ -255,15 +260,14 @@ def anonymize_file(source: os.PathLike, output: os.PathLike, mask_output: Option
         loaded = _read_source(source)
         report.frames = len(loaded.frames)
         report.size = loaded.frames[0].image.shape[1::-1]
-        found = [_detect(frame, threshold, detector) for frame in loaded.frames]
-        report.faces = [face for faces in found for face in faces]
-        report.face_frames = [index for index, faces in enumerate(found) for _ in faces]
         hidden, remaining, hidden_faces = [], [], []
-        for index, (frame, faces) in enumerate(zip(loaded.frames, found)):
-            frame, left, covered = _hide(frame, faces, method, check, detector)
+        for index, frame in enumerate(loaded.frames):
+            frame, left, covered = _hide(frame, _detect(frame, threshold, detector), method, check, detector)
             hidden.append(frame)
             hidden_faces.append(covered)
             remaining += [(index, face) for face in left]
+        report.faces = [face for faces in hidden_faces for face in faces]
+        report.face_frames = [index for index, faces in enumerate(hidden_faces) for _ in faces]
     except ImageReadError as error:
         report.error = str(error)
     except DetectorError as error:

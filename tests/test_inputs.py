@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from p3m.inputs import check_output_folder, collect_inputs, output_paths
 
@@ -114,3 +115,8 @@ def test_check_output_folder(tree, tmp_path):
     for inside in ("photos", "photos/out", "photos/sub/x"):
         with pytest.raises(ValueError, match="inside input folder photos"):
             check_output_folder(inside, ["photos/a.jpg", "photos"])
+
+
+def test_folders_include_gif_files(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "anim.gif")
+    assert [relative for _, relative in collect_inputs([str(tmp_path)])] == [Path("anim.gif")]

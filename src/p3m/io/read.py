@@ -22,7 +22,7 @@ from typing import BinaryIO, Iterator, Optional, Union
 import numpy as np
 from PIL import Image, ImageOps, features
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 ALLOWED_FORMATS = tuple(name for name, present in (
     ("JPEG", True), ("PNG", True), ("WEBP", features.check("webp")), ("TIFF", True), ("BMP", True), ("GIF", True),
 ) if present)

@@ -1,4 +1,4 @@
-"""``p3m matte INPUT... -o OUT``: alpha mattes, cutouts and composites for files and folders."""
+"""``p3m matte INPUT... -o OUT``: alpha mattes, cutouts and composites for image and video files and folders."""
 from __future__ import annotations
 
 import argparse
@@ -11,9 +11,12 @@ from p3m.cli import CommandError
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "matte", help="matte portraits: alpha, RGBA cutout, composite",
-        description="Matte portrait images with P3M-Net. Outputs go to OUT/<kind>/, mirroring the inputs' "
-                    "relative paths, as PNG. Existing outputs are skipped unless --overwrite.")
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or globs")
+        description="Matte portrait images and videos with P3M-Net. Outputs go to OUT/<kind>/, mirroring the "
+                    "inputs' relative paths: PNG for images; for videos MP4 (alpha, trimap, composite with the "
+                    "audio) and ProRes 4444 MOV (rgba, with the audio). Existing outputs are skipped unless "
+                    "--overwrite.")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image and video files, folders (recursive) or globs")
     parser.add_argument("-o", "--out-dir", dest="out_dir", required=True, type=Path, metavar="OUT",
                         help="output folder")
     parser.add_argument("--model", default="resnet34", help="resnet34 (default) or vitae-s")
@@ -32,6 +35,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--alpha-depth", type=int, default=8, choices=(8, 16), help="bits per alpha pixel")
     parser.add_argument("--privacy", action="store_true",
                         help="blur faces before the network sees the image (the alpha is for the original)")
+    parser.add_argument("--frames", action="store_true",
+                        help="videos: write each kind as a folder of numbered PNG frames instead of a video")
+    parser.add_argument("--temporal-smooth", type=float, nargs="?", const=0.6, default=0.0, metavar="STRENGTH",
+                        help="videos: reduce flicker along the optical flow, strength in [0, 1) "
+                             "(0.6 when given without a value; default off: per frame, as the images)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
@@ -41,17 +49,24 @@ def run(args: argparse.Namespace) -> int:
     from p3m.checkpoint import CheckpointError
     from p3m.inference.batch import MatteOptions, has_pending_work, matte_files
     from p3m.inference.matter import Matter
+    from p3m.inference.video import video_targets
     from p3m.inputs import check_output_folder, collect_inputs, output_paths
+    from p3m.videoio import is_video_file
     from p3m.weights import WeightsUnavailableError
 
     try:
         options = MatteOptions(outputs=tuple(kind.strip() for kind in args.outputs.split(",") if kind.strip()),
                                background=args.background, foreground=args.foreground,
-                               alpha_depth=args.alpha_depth, overwrite=args.overwrite)
+                               alpha_depth=args.alpha_depth, overwrite=args.overwrite, frames=args.frames,
+                               temporal_smooth=args.temporal_smooth)
         pairs = collect_inputs(args.inputs)
         check_output_folder(args.out_dir, args.inputs)
+        images = [pair for pair in pairs if not is_video_file(pair[1])]
+        videos = [pair for pair in pairs if is_video_file(pair[1])]
         for kind in options.outputs:  # refuse two inputs sharing an output, or an output over an input
-            output_paths(pairs, args.out_dir / kind, suffix=".png")
+            output_paths(images, args.out_dir / kind, suffix=".png")
+            suffix = video_targets(args.out_dir, Path("video.mp4"), [kind], args.frames)[kind].suffix
+            output_paths(videos, args.out_dir / kind, suffix=suffix)
     except (ValueError, FileNotFoundError) as error:
         raise CommandError(str(error)) from None
     if "composite" in options.outputs:
@@ -77,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         tqdm.write(f"error: {message}", file=sys.stderr)
 
     show_progress = not args.quiet and len(pairs) > 1
-    report = matte_files(matter, pairs, args.out_dir, options, on_error=report_error, progress=show_progress)
+    report = matte_files(matter, pairs, args.out_dir, options, on_error=report_error, progress=show_progress,
+                         frame_progress=not args.quiet)
     print(f"p3m matte: {report.summary()} -> {args.out_dir}", file=sys.stderr)
     return 0 if report.ok else 1

@@ -65,10 +65,8 @@ def _open_input(path: Path):
     try:
         return av.open(str(path), "r", options={"format_whitelist": ",".join(ALLOWED_DEMUXERS),
                                                 "protocol_whitelist": "file"})
-    except av.error.InvalidDataError:
-        raise VideoReadError(f"{path}: not a video file (format not recognised)") from None
     except (av.error.FFmpegError, OSError) as error:
-        raise VideoReadError(f"{path}: cannot read video ({_reason(error)})") from None
+        raise VideoReadError(f"{path}: not a video file, or truncated ({_reason(error)})") from None
 
 
 def _reason(error: Exception) -> str:

@@ -1,6 +1,7 @@
 """Videos: PyAV reader and writer, `p3m matte` on video files, temporal smoothing, bad input."""
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 
 import cv2
@@ -13,7 +14,7 @@ from p3m.cli import main  # noqa: E402
 from p3m.inference.matter import Matter  # noqa: E402
 from p3m.inference.video import TemporalSmoother, VideoOptions, matte_video, video_targets  # noqa: E402
 from p3m.io import read_image  # noqa: E402
-from p3m.videoio import VideoReader, VideoReadError, VideoWriter  # noqa: E402
+from p3m.io.video import VideoReader, VideoReadError, VideoWriter  # noqa: E402
 
 AUDIO_RATE = 16000
 
@@ -96,7 +97,9 @@ def _bad_videos(folder):
     clip.unlink()
     _audio_only(folder / "sound_only.mp4")
     _video_stream_without_frames(folder / "no_frames.mkv")
-    return {"notes.mp4": "not a video file, or truncated", "playlist.mp4": "not a video file, or truncated",
+    os.mkfifo(folder / "pipe.mp4")
+    return {"pipe.mp4": "not a regular file",
+            "notes.mp4": "not a video file, or truncated", "playlist.mp4": "not a video file, or truncated",
             "truncated.mp4": "not a video file, or truncated", "sound_only.mp4": "no video stream",
             "no_frames.mkv": "no video frames"}
 
@@ -205,7 +208,7 @@ def test_matte_command_on_videos_images_and_bad_files(tmp_path, r34_checkpoint, 
     err = capsys.readouterr().err
     for name, message in expected_errors.items():
         assert f"{folder / 'bad' / name}: {message}" in err
-    assert "3 done, 0 skipped (outputs exist), 5 failed" in err
+    assert "3 done, 0 skipped (outputs exist), 6 failed" in err
     written = sorted(str(path.relative_to(out)) for path in out.rglob("*") if path.is_file())
     assert written == ["alpha/photo.png", "alpha/short.mp4", "alpha/turned.mp4", "composite/photo.png",
                        "composite/short.mp4", "composite/turned.mp4", "rgba/photo.png", "rgba/short.mov",

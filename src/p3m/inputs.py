@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from p3m.io import IMAGE_EXTENSIONS, is_image_file
-from p3m.videoio import VIDEO_EXTENSIONS, is_video_file
+from p3m.io.video import VIDEO_EXTENSIONS, is_video_file
 
 _GLOB_CHARS = frozenset("*?[")
 _EXTENSIONS = " ".join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
@@ -76,7 +76,7 @@ def collect_inputs(inputs: Sequence[str]) -> list[tuple[Path, Path]]:
         inputs: files, folders (searched recursively) and glob patterns
             (``**`` allowed), in any mix. Inside folders and glob matches,
             hidden files and files without an image or video extension
-            (:data:`p3m.io.IMAGE_EXTENSIONS`, :data:`p3m.videoio.VIDEO_EXTENSIONS`) are skipped; a file named
+            (:data:`p3m.io.IMAGE_EXTENSIONS`, :data:`p3m.io.video.VIDEO_EXTENSIONS`) are skipped; a file named
             explicitly is always kept, so that a non-image gets a clear
             error when it is read.
 

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from p3m.inference.matter import Matter
     from p3m.inference.video import video_targets
     from p3m.inputs import check_output_folder, collect_inputs, output_paths
-    from p3m.videoio import is_video_file
+    from p3m.io.video import is_video_file
     from p3m.weights import WeightsUnavailableError
 
     try:

@@ -17,7 +17,7 @@ from p3m.inference.compose import Background, alpha_to_uint, composite, cutout, 
 from p3m.inference.matter import Matter, MatteResult
 from p3m.inference.video import VideoOptions, matte_video, video_targets
 from p3m.io import ImageReadError, save_image
-from p3m.videoio import VideoReadError, is_video_file
+from p3m.io.video import VideoReadError, is_video_file
 
 OUTPUT_KINDS = ("alpha", "rgba", "composite", "trimap")
 # zlib level 3 instead of Pillow's 6: RGBA cutouts encode about 2.5x faster for ~7% larger files.
@@ -125,7 +125,7 @@ def matte_files(matter: Matter, pairs: Sequence[tuple[Path, Path]], out_dir: os.
             if is_video_file(relative):
                 video_options = VideoOptions(tuple(targets), background, options.foreground, options.alpha_depth,
                                              options.frames, options.temporal_smooth)
-                matte_video(matter, source, targets, video_options, progress=frame_progress)
+                matte_video(matter, source, targets, video_options, progress=frame_progress, root=out_dir)
             else:
                 write_outputs(matter.predict(source), targets, options, background)
         except (ImageReadError, VideoReadError) as error:

@@ -26,7 +26,7 @@ import numpy as np
 from p3m.inference.compose import Background, alpha_to_uint, composite, cutout, foreground_colour
 from p3m.inference.matter import Matter, MatteResult
 from p3m.io import atomic_write, save_image
-from p3m.videoio import VIDEO_CODECS, VideoFrame, VideoReader, VideoWriter
+from p3m.io.video import VIDEO_CODECS, VideoFrame, VideoReader, VideoWriter
 
 WRITER_KIND = {"alpha": "matte", "trimap": "matte", "composite": "colour", "rgba": "rgba"}
 AUDIO_KINDS = ("composite", "rgba")
@@ -155,11 +155,11 @@ def _frame_images(result: MatteResult, kinds: Sequence[str], options: VideoOptio
 def _atomic_folder(path: Path, write: Callable[[Path], None]) -> Path:
     """Fill a temporary folder next to ``path`` with ``write`` and rename it to ``path`` when done."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".p3m-{os.getpid()}-", suffix=".part", dir=path.parent))
     try:
         write(staging)
         if path.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            retired = Path(tempfile.mkdtemp(prefix=f".p3m-{os.getpid()}-", suffix=".old", dir=path.parent))
             os.replace(path, retired / path.name)
             os.replace(staging, path)
             shutil.rmtree(retired)
@@ -180,25 +180,31 @@ def _staged(paths: Sequence[Path], stage: Callable, body: Callable[[list[Path]],
 
 
 def matte_video(matter: Matter, source: Path, targets: dict[str, Path], options: VideoOptions,
-                progress: bool = False) -> int:
+                progress: bool = False, **guards) -> int:
     """Matte the video ``source`` and write ``targets`` (kind -> path, from :func:`video_targets`).
+
+    ``guards`` (``root``, ``inputs``) go to :func:`p3m.io.atomic_write` for every file written.
 
     Returns:
         the number of frames written.
 
     Raises:
-        p3m.videoio.VideoReadError: the source is not a readable video (raised
+        p3m.io.video.VideoReadError: the source is not a readable video (raised
             before anything is written) or fails while decoding (nothing is
             left under a final name).
     """
     with VideoReader(source) as reader:
         kinds = list(targets)
-        stage = _atomic_folder if options.frames else atomic_write
         count = 0
+
+        def stage(path: Path, write: Callable[[Path], None]) -> Path:
+            if options.frames:
+                return _atomic_folder(path, write)
+            return atomic_write(path, write, **guards)
 
         def run(temporaries: list[Path]) -> None:
             nonlocal count
-            count = _write_frames(matter, reader, dict(zip(kinds, temporaries)), options, progress)
+            count = _write_frames(matter, reader, dict(zip(kinds, temporaries)), options, progress, guards)
 
         _staged([targets[kind] for kind in kinds], stage, run)
         return count
@@ -211,7 +217,7 @@ def predict_video(matter: Matter, source: str | os.PathLike, temporal_smooth: fl
 
 
 def _write_frames(matter: Matter, reader: VideoReader, temporaries: dict[str, Path], options: VideoOptions,
-                  progress: bool) -> int:
+                  progress: bool, guards: dict) -> int:
     kinds = list(temporaries)
     depth = options.alpha_depth if options.frames else 8
     writers: dict[str, VideoWriter] = {}
@@ -219,7 +225,7 @@ def _write_frames(matter: Matter, reader: VideoReader, temporaries: dict[str, Pa
     def encode(index: int, matte: VideoMatte) -> None:
         for kind, image in _frame_images(matte.result, kinds, options, depth).items():
             if options.frames:
-                save_image(temporaries[kind] / f"{index:06d}.png", image, compress_level=3)
+                save_image(temporaries[kind] / f"{index:06d}.png", image, compress_level=3, **guards)
             else:
                 writers[kind].write(image, matte.frame.pts)
 

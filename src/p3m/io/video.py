@@ -62,6 +62,8 @@ def _open_input(path: Path):
         raise VideoReadError(f"{path}: no such file")
     if path.is_dir():
         raise VideoReadError(f"{path}: is a folder, not a video")
+    if not path.is_file():
+        raise VideoReadError(f"{path}: not a regular file (a device or a pipe?)")
     try:
         return av.open(str(path), "r", options={"format_whitelist": ",".join(ALLOWED_DEMUXERS),
                                                 "protocol_whitelist": "file"})

@@ -54,7 +54,8 @@ class TemporalSmoother:
 
     The previous smoothed alpha is carried to the current frame along the
     optical flow (OpenCV's DIS) and blended in with a per-pixel weight
-    ``strength * exp(-(colour_change / 12)^2) * exp(-(alpha_change / 0.2)^2)``:
+    ``strength * exp(-(colour_change / 6)^2) * exp(-(alpha_change / 0.1)^2)``
+    (colour change: mean absolute RGB difference in 0-255, over 5x5 pixels):
     where the warped previous frame matches the current one and the alpha
     moved only a little, small fluctuations are averaged away; where the flow
     failed or the alpha really changed, the current alpha is kept as it is.
@@ -63,8 +64,8 @@ class TemporalSmoother:
         strength: weight of the past in [0, 1); 0 turns smoothing off.
     """
 
-    COLOUR_SCALE = 12.0
-    ALPHA_SCALE = 0.2
+    COLOUR_SCALE = 6.0
+    ALPHA_SCALE = 0.1
 
     def __init__(self, strength: float = 0.6):
         if not 0.0 <= strength < 1.0:

@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 from collections import deque
+from contextlib import closing
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,13 +247,15 @@ def _write_frames(matter: Matter, reader: VideoReader, temporaries: dict[str, Pa
         with ThreadPoolExecutor(1, thread_name_prefix="p3m-encode") as encoder:
             pending: deque = deque()
             try:
-                for matte in iter_video(matter, reader, options.temporal_smooth):
-                    pending.append(encoder.submit(encode, count, matte))
-                    count += 1
-                    while len(pending) > _PREFETCH:
-                        pending.popleft().result()
-                        if bar is not None:
-                            bar.update()
+                # closed explicitly, so decoding stops before the caller closes the reader
+                with closing(iter_video(matter, reader, options.temporal_smooth)) as mattes:
+                    for matte in mattes:
+                        pending.append(encoder.submit(encode, count, matte))
+                        count += 1
+                        while len(pending) > _PREFETCH:
+                            pending.popleft().result()
+                            if bar is not None:
+                                bar.update()
                 while pending:
                     pending.popleft().result()
                     if bar is not None:

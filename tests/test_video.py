@@ -320,3 +320,11 @@ def test_temporal_smoother_reduces_flicker_without_ghosting():
 def test_temporal_smoother_strength_is_checked():
     with pytest.raises(ValueError, match="strength"):
         TemporalSmoother(1.0)
+
+
+def test_temporal_strength_out_of_range_is_a_usage_error(short_clip, tmp_path, capsys):
+    status = main(["matte", str(short_clip), "-o", str(tmp_path / "out"), "--temporal-smooth",
+                   "--temporal-strength", "1.5"])
+    assert status == 2
+    assert "strength must be in [0, 1), got 1.5" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -37,9 +37,10 @@ def add_parser(subparsers) -> None:
                         help="blur faces before the network sees the image (the alpha is for the original)")
     parser.add_argument("--frames", action="store_true",
                         help="videos: write each kind as a folder of numbered PNG frames instead of a video")
-    parser.add_argument("--temporal-smooth", type=float, nargs="?", const=0.6, default=0.0, metavar="STRENGTH",
-                        help="videos: reduce flicker along the optical flow, strength in [0, 1) "
-                             "(0.6 when given without a value; default off: per frame, as the images)")
+    parser.add_argument("--temporal-smooth", action="store_true",
+                        help="videos: reduce flicker along the optical flow (default off: per frame, as images)")
+    parser.add_argument("--temporal-strength", type=float, default=0.6, metavar="S",
+                        help="weight of the past frames for --temporal-smooth, in (0, 1) (default 0.6)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         options = MatteOptions(outputs=tuple(kind.strip() for kind in args.outputs.split(",") if kind.strip()),
                                background=args.background, foreground=args.foreground,
                                alpha_depth=args.alpha_depth, overwrite=args.overwrite, frames=args.frames,
-                               temporal_smooth=args.temporal_smooth)
+                               temporal_smooth=args.temporal_strength if args.temporal_smooth else 0.0)
         pairs = collect_inputs(args.inputs)
         check_output_folder(args.out_dir, args.inputs)
         images = [pair for pair in pairs if not is_video_file(pair[1])]

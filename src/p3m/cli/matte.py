@@ -64,6 +64,7 @@ def _run(args: argparse.Namespace, local: list[str], urls: list[str], download_d
     from p3m.inference.matter import Matter
     from p3m.inference.video import video_targets
     from p3m.inputs import check_output_folder, collect_inputs, output_paths
+    from p3m.io import OutputFolder
     from p3m.io.video import is_video_file
     from p3m.weights import WeightsUnavailableError
 
@@ -72,8 +73,8 @@ def _run(args: argparse.Namespace, local: list[str], urls: list[str], download_d
                                background=args.background, foreground=args.foreground,
                                alpha_depth=args.alpha_depth, overwrite=args.overwrite, frames=args.frames,
                                temporal_smooth=args.temporal_strength if args.temporal_smooth else 0.0)
-        pairs = collect_inputs(local) if local else []
         check_output_folder(args.out_dir, local)
+        pairs = collect_inputs(local) if local else []
     except (ValueError, FileNotFoundError) as error:
         raise CommandError(str(error)) from None
     url_of, downloaded, fetch_failures = _download(urls, download_dir, args.allow_private_urls)
@@ -85,6 +86,10 @@ def _run(args: argparse.Namespace, local: list[str], urls: list[str], download_d
             output_paths(images, args.out_dir / kind, suffix=".png")
             suffix = video_targets(args.out_dir, Path("video.mp4"), [kind], args.frames)[kind].suffix
             output_paths(videos, args.out_dir / kind, suffix=suffix)
+        read = [source for source, _ in pairs]
+        if "composite" in options.outputs and Path(options.background).is_file():
+            read.append(Path(options.background))
+        outputs = OutputFolder(args.out_dir, read)
     except ValueError as error:
         raise CommandError(str(error)) from None
     if "composite" in options.outputs:
@@ -113,9 +118,12 @@ def _run(args: argparse.Namespace, local: list[str], urls: list[str], download_d
 
     show_progress = not args.quiet and len(pairs) > 1
     report = matte_files(matter, pairs, args.out_dir, options, on_error=report_error, progress=show_progress,
-                         frame_progress=not args.quiet)
+                         frame_progress=not args.quiet, outputs=outputs)
     report.failed.extend(fetch_failures)
+    report.total += len(fetch_failures)
     print(f"p3m matte: {report.summary()} -> {args.out_dir}", file=sys.stderr)
+    if report.interrupted:
+        return 130
     return 0 if report.ok else 1
 
 

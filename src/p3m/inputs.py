@@ -1,4 +1,4 @@
-"""Turning command-line inputs (files, folders, globs) into a list of images.
+"""Turning command-line inputs (files, folders, globs) into a list of images and videos.
 
 Every command that reads a batch of images and writes one output per image
 uses :func:`collect_inputs` to find the images and :func:`output_paths` to
@@ -16,9 +16,14 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from p3m.io import IMAGE_EXTENSIONS, is_image_file
+from p3m.io.video import VIDEO_EXTENSIONS, is_video_file
 
 _GLOB_CHARS = frozenset("*?[")
-_EXTENSIONS = " ".join(IMAGE_EXTENSIONS)
+_EXTENSIONS = " ".join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
+
+
+def _is_media_file(path: Path) -> bool:
+    return is_image_file(path) or is_video_file(path)
 
 
 def _is_glob(text: str) -> bool:
@@ -36,7 +41,7 @@ def _folder_images(folder: Path) -> list[tuple[Path, Path]]:
         dirs[:] = sorted(name for name in dirs if not name.startswith("."))
         for name in sorted(files):
             path = Path(root, name)
-            if not name.startswith(".") and is_image_file(path):
+            if not name.startswith(".") and _is_media_file(path):
                 found.append((path, path.relative_to(folder)))
     return found
 
@@ -60,7 +65,7 @@ def _glob_images(pattern: str) -> list[tuple[Path, Path]]:
         relative = path.relative_to(prefix) if prefix != Path(".") else path
         if path.is_dir():
             found.extend((file, relative / inner) for file, inner in _folder_images(path))
-        elif is_image_file(path) and not _is_hidden(relative):
+        elif _is_media_file(path) and not _is_hidden(relative):
             found.append((path, relative))
     return found
 
@@ -71,8 +76,8 @@ def collect_inputs(inputs: Sequence[str]) -> list[tuple[Path, Path]]:
     Args:
         inputs: files, folders (searched recursively) and glob patterns
             (``**`` allowed), in any mix. Inside folders and glob matches,
-            hidden files and files without an image extension
-            (:data:`p3m.io.IMAGE_EXTENSIONS`) are skipped; a file named
+            hidden files and files without an image or video extension
+            (:data:`p3m.io.IMAGE_EXTENSIONS`, :data:`p3m.io.video.VIDEO_EXTENSIONS`) are skipped; a file named
             explicitly is always kept, so that a non-image gets a clear
             error when it is read.
 

@@ -1,4 +1,4 @@
-"""``p3m matte INPUT... -o OUT``: alpha mattes, cutouts and composites for files and folders."""
+"""``p3m matte INPUT... -o OUT``: alpha mattes, cutouts and composites for image and video files and folders."""
 from __future__ import annotations
 
 import argparse
@@ -14,10 +14,12 @@ from p3m.cli import CommandError
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "matte", help="matte portraits: alpha, RGBA cutout, composite",
-        description="Matte portrait images with P3M-Net. Outputs go to OUT/<kind>/, mirroring the inputs' "
-                    "relative paths, as PNG. Existing outputs are skipped unless --overwrite.")
+        description="Matte portrait images and videos with P3M-Net. Outputs go to OUT/<kind>/, mirroring the "
+                    "inputs' relative paths: PNG for images; for videos MP4 (alpha, trimap, composite with the "
+                    "audio) and ProRes 4444 MOV (rgba, with the audio). Existing outputs are skipped unless "
+                    "--overwrite.")
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="image files, folders (recursive), globs or http(s) URLs")
+                        help="image and video files, folders (recursive), globs or http(s) URLs")
     parser.add_argument("-o", "--out-dir", dest="out_dir", required=True, type=Path, metavar="OUT",
                         help="output folder")
     parser.add_argument("--model", default="resnet34", help="resnet34 (default) or vitae-s")
@@ -40,6 +42,12 @@ def add_parser(subparsers) -> None:
                              "the default is a fast level (see README)")
     parser.add_argument("--privacy", action="store_true",
                         help="blur faces before the network sees the image (the alpha is for the original)")
+    parser.add_argument("--frames", action="store_true",
+                        help="videos: write each kind as a folder of numbered PNG frames instead of a video")
+    parser.add_argument("--temporal-smooth", action="store_true",
+                        help="videos: reduce flicker along the optical flow (default off: per frame, as images)")
+    parser.add_argument("--temporal-strength", type=float, default=0.6, metavar="S",
+                        help="weight of the past frames for --temporal-smooth, in (0, 1) (default 0.6)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--allow-private-urls", dest="allow_private_urls", action="store_true",
                         help="let URL inputs reach loopback, private and link-local addresses")
@@ -58,14 +66,17 @@ def _run(args: argparse.Namespace, local: list[str], urls: list[str], download_d
     from p3m.checkpoint import CheckpointError
     from p3m.inference.batch import MatteOptions, has_pending_work, matte_files
     from p3m.inference.matter import Matter
+    from p3m.inference.video import video_targets
     from p3m.inputs import check_output_folder, collect_inputs, output_paths
     from p3m.io import OutputFolder
+    from p3m.io.video import is_video_file
     from p3m.weights import WeightsUnavailableError
 
     try:
         options = MatteOptions(outputs=tuple(kind.strip() for kind in args.outputs.split(",") if kind.strip()),
                                background=args.background, foreground=args.foreground,
-                               alpha_depth=args.alpha_depth, overwrite=args.overwrite,
+                               alpha_depth=args.alpha_depth, overwrite=args.overwrite, frames=args.frames,
+                               temporal_smooth=args.temporal_strength if args.temporal_smooth else 0.0,
                                **({} if args.png_compression is None else {"png_compression": args.png_compression}))
         check_output_folder(args.out_dir, local)
         pairs = collect_inputs(local) if local else []
@@ -73,9 +84,13 @@ def _run(args: argparse.Namespace, local: list[str], urls: list[str], download_d
         raise CommandError(str(error)) from None
     url_of, downloaded, fetch_failures = _download(urls, download_dir, args.allow_private_urls)
     pairs += downloaded
+    images = [pair for pair in pairs if not is_video_file(pair[1])]
+    videos = [pair for pair in pairs if is_video_file(pair[1])]
     try:
         for kind in options.outputs:  # refuse two inputs sharing an output, or an output over an input
-            output_paths(pairs, args.out_dir / kind, suffix=".png")
+            output_paths(images, args.out_dir / kind, suffix=".png")
+            suffix = video_targets(args.out_dir, Path("video.mp4"), [kind], args.frames)[kind].suffix
+            output_paths(videos, args.out_dir / kind, suffix=suffix)
         read = [source for source, _ in pairs]
         if "composite" in options.outputs and Path(options.background).is_file():
             read.append(Path(options.background))
@@ -108,7 +123,7 @@ def _run(args: argparse.Namespace, local: list[str], urls: list[str], download_d
 
     show_progress = not args.quiet and len(pairs) > 1
     report = matte_files(matter, pairs, args.out_dir, options, on_error=report_error, progress=show_progress,
-                         outputs=outputs)
+                         frame_progress=not args.quiet, outputs=outputs)
     report.failed.extend(fetch_failures)
     report.total += len(fetch_failures)
     print(f"p3m matte: {report.summary()} -> {args.out_dir}", file=sys.stderr)

@@ -133,6 +133,16 @@ class Matter:
             trimap = cv2.resize(trimap, (width, height), interpolation=cv2.INTER_NEAREST)
         return MatteResult(image=rgb, alpha=alpha, trimap=trimap, privacy=record)
 
+    def predict_video(self, source: str | os.PathLike, temporal_smooth: float = 0.0):
+        """Matte each frame of a video file, in order: an iterator of
+        :class:`p3m.inference.video.VideoMatte` (``frame``: image, pts, time; ``result``: as :meth:`predict`).
+
+        ``temporal_smooth`` in [0, 1) is the strength of the flicker reduction (0: per frame, the default).
+        """
+        from p3m.inference.video import predict_video
+
+        return predict_video(self, source, temporal_smooth)
+
 
 def _working_image(image: np.ndarray, shorter_side_limit: int | None) -> np.ndarray:
     """Shrink large images as the official sample script does; enlarge tiny ones to 64 px."""

@@ -52,11 +52,20 @@ def create_engine(engine: str = "torch", model: str = "resnet34", weights: str |
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
     if engine == "torch":
-        from p3m.inference.engines.torch_engine import TorchEngine
+        try:
+            from p3m.inference.engines.torch_engine import TorchEngine
+        except ModuleNotFoundError as error:
+            if error.name != "torch":
+                raise
+            raise ValueError("engine 'torch' needs PyTorch (pip install p3m[torch]); without it, use "
+                             "engine 'onnxruntime' with a graph from `p3m export`") from None
 
         return TorchEngine(model, weights, device, precision)
     if engine == "onnxruntime":
-        from p3m.inference.engines.onnx_engine import OnnxEngine
+        try:
+            from p3m.inference.engines.onnx_engine import OnnxEngine
+        except ModuleNotFoundError as error:
+            raise ValueError(f"engine 'onnxruntime' needs {error.name} (pip install p3m[onnx])") from None
 
         return OnnxEngine(weights, device, precision)
     raise ValueError(f"unknown engine {engine!r}; use {' or '.join(ENGINES)}")

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from p3m.checkpoint import load_weights, read_checkpoint, save_weights
+from p3m.io import OutputFolder, append_text, write_text
 from p3m.models.registry import get_spec
 from p3m.train import distributed
 from p3m.train.config import TrainConfig, save_yaml
@@ -323,8 +324,7 @@ class LogHook(Hook):
         self.window_steps = 0
         if not trainer.info.is_main:
             return
-        with open(trainer.output / LOG, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry) + "\n")
+        append_text(trainer.output / LOG, json.dumps(entry) + "\n", root=trainer.output)
         if self.writer is not None:
             for name, value in values.items():
                 self.writer.add_scalar(f"train/{name}", value, trainer.step)
@@ -425,8 +425,7 @@ class ValidationHook(Hook):
             keys = rows[0].keys() if rows else ()
             means[split] = {key: float(np.nanmean([row[key] for row in rows])) for key in keys}
             entry = {"step": trainer.step, "split": split, "images": len(rows), **means[split]}
-            with open(trainer.output / VAL_LOG, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(entry) + "\n")
+            append_text(trainer.output / VAL_LOG, json.dumps(entry) + "\n", root=trainer.output)
             if self.writer is not None:
                 for key, value in means[split].items():
                     self.writer.add_scalar(f"{split}/{key}", value, trainer.step)
@@ -462,8 +461,7 @@ def _log_function(info: DistInfo, output: Path) -> Callable[[str], None]:
         if not info.is_main:
             return
         print(f"p3m train: {message}", file=sys.stderr, flush=True)
-        with open(output / TEXT_LOG, "a", encoding="utf-8") as handle:
-            handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+        append_text(output / TEXT_LOG, f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n", root=output)
     return log
 
 
@@ -478,9 +476,7 @@ def _truncate_jsonl(path: Path, step: int) -> None:
                 kept.append(line)
         except json.JSONDecodeError:
             continue
-    from p3m.io import atomic_write
-
-    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept), encoding="utf-8"))
+    write_text(path, "".join(line + "\n" for line in kept), root=path.parent)
 
 
 def _validation_splits(config: TrainConfig, log) -> dict[str, list]:
@@ -527,7 +523,7 @@ def train(config: TrainConfig, resume: str | Path | None = None) -> TrainResult:
 def _train(config: TrainConfig, resume, info: DistInfo, device: torch.device) -> TrainResult:
     output = Path(config.output)
     if info.is_main:
-        output.mkdir(parents=True, exist_ok=True)
+        OutputFolder(output).mkdir(output)  # also removes temporaries left by a killed run
     distributed.barrier(info)
     log = _log_function(info, output)
     if config.batch_size % info.world_size:

@@ -8,6 +8,7 @@ the batch goes on; every file is written atomically.
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -17,6 +18,8 @@ from p3m.inference.matter import Matter, MatteResult
 from p3m.io import ImageReadError, save_image
 
 OUTPUT_KINDS = ("alpha", "rgba", "composite", "trimap")
+# What fails one file without stopping the batch (ImageReadError is a ValueError).
+FILE_ERRORS = (RuntimeError, ValueError, OSError, MemoryError)
 # zlib level 3 instead of Pillow's 6: RGBA cutouts encode about 2.5x faster for ~7% larger files.
 PNG_OPTIONS = {"compress_level": 3}
 DEFAULT_OUTPUTS = ("alpha", "rgba")
@@ -104,23 +107,43 @@ def matte_files(matter: Matter, pairs: Sequence[tuple[Path, Path]], out_dir: os.
         from tqdm import tqdm
 
         iterator = tqdm(pairs, desc="matting", unit="image", dynamic_ncols=True, disable=None)  # None: TTY only
-    for source, relative in iterator:
-        targets = output_targets(out_dir, relative, options.outputs)
-        if not options.overwrite:
-            targets = {kind: path for kind, path in targets.items() if not path.exists()}
-            if not targets:
-                report.skipped.append(source)
-                continue
-        try:
-            write_outputs(matter.predict(source), targets, options, background)
-        except ImageReadError as error:
-            message = str(error)
-        except (RuntimeError, ValueError, OSError, MemoryError) as error:
-            message = f"{source}: {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-        else:
-            report.written.append(source)
-            continue
+
+    def fail(source: Path, error: Exception) -> None:
+        message = str(error) if isinstance(error, ImageReadError) else (
+            f"{source}: {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}")
         report.failed.append((source, message))
         if on_error is not None:
             on_error(source, message)
+
+    def finish(source: Path, written: Future) -> None:
+        try:
+            written.result()
+        except FILE_ERRORS as error:
+            fail(source, error)
+        else:
+            report.written.append(source)
+
+    # The outputs of one image (foreground estimation, encoding, writing) are made in a worker
+    # thread while the network runs on the next image; at most one image waits there.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="p3m-write") as writer:
+        writing: tuple[Path, Future] | None = None
+        for source, relative in iterator:
+            targets = output_targets(out_dir, relative, options.outputs)
+            if not options.overwrite:
+                targets = {kind: path for kind, path in targets.items() if not path.exists()}
+                if not targets:
+                    report.skipped.append(source)
+                    continue
+            try:
+                result = matter.predict(source)
+            except FILE_ERRORS as error:
+                fail(source, error)
+                continue
+            finally:
+                if writing is not None:
+                    finish(*writing)
+                    writing = None
+            writing = (source, writer.submit(write_outputs, result, targets, options, background))
+        if writing is not None:
+            finish(*writing)
     return report

@@ -126,7 +126,7 @@ from p3m.inference.compose import alpha_to_uint
     source = os.path.join(os.path.dirname(p3m.__file__), os.pardir)
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), os.path.abspath(source)])}
     completed = subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True,
-                               timeout=300)
+                               timeout=1200)
     assert completed.returncode == 0, completed.stderr[-2000:]
     expected = {method: onnx_matters[method].predict(fixtures_dir / "ref_small.png").alpha for method in onnx_matters}
     np.testing.assert_array_equal(np.load(tmp_path / "hybrid.npy"), expected["hybrid"])

@@ -113,7 +113,6 @@ def test_matting_with_onnxruntime_needs_no_torch(r34_onnx, onnx_matters, fixture
             raise SystemExit("torch was importable")
         import p3m
         from p3m.cli import main
-from p3m.inference.compose import alpha_to_uint
 
         matter = p3m.Matter(engine="onnxruntime", weights={str(r34_onnx)!r}, method="hybrid")
         np.save({str(tmp_path / 'hybrid.npy')!r}, matter.predict({str(fixtures_dir / 'ref_small.png')!r}).alpha)

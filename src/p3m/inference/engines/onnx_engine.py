@@ -67,6 +67,10 @@ class OnnxEngine:
             pruned = onnx.utils.Extractor(graph).extract_model([INPUT_NAME], [OUTPUTS[b] for b in branches])
             options = self._onnxruntime.SessionOptions()
             options.graph_optimization_level = self._onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+            # Full-resolution feature maps are hundreds of MB each: free each one when its last
+            # reader is done instead of planning one block for all of them or keeping an arena.
+            options.enable_mem_pattern = False
+            options.enable_cpu_mem_arena = False
             self._sessions[branches] = self._onnxruntime.InferenceSession(
                 pruned.SerializeToString(), options, providers=self.providers)
         return self._sessions[branches]

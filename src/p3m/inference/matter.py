@@ -1,6 +1,7 @@
 """``Matter``: the one inference entry point used by the Python API and the CLI."""
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 
@@ -71,6 +72,18 @@ class Matter:
         self.engine = create_engine(engine, model=model, weights=weights, device=device, precision=precision)
 
     @property
+    def model_name(self) -> str:
+        return self.engine.model_name
+
+    @property
+    def weights_path(self):
+        return self.engine.weights_path
+
+    @property
+    def device(self) -> str:
+        return self.engine.device
+
+    @property
     def network(self):
         """The torch model of the ``torch`` engine (an AttributeError for other engines)."""
         return self.engine.network
@@ -79,6 +92,20 @@ class Matter:
         return (f"Matter(model={self.engine.model_name!r}, method={self.method.value!r}, max_size={self.max_size}, "
                 f"device={self.engine.device!r}, privacy={self.privacy}, precision={self.engine.precision!r}, "
                 f"engine={type(self.engine).__name__!r})")
+
+    def with_options(self, method: str | None = None, max_size: int | None = None,
+                     privacy: bool | None = None) -> "Matter":
+        """A Matter that shares this one's loaded network, with other per-call options."""
+        variant = copy.copy(self)
+        if method is not None:
+            variant.method = Method.parse(method)
+        if max_size is not None:
+            if max_size < 32:
+                raise ValueError(f"max_size must be at least 32, got {max_size}")
+            variant.max_size = int(max_size)
+        if privacy is not None:
+            variant.privacy = bool(privacy)
+        return variant
 
     def predict(self, image: ImageInput) -> MatteResult:
         """Matte one image: a path, a PIL image or an (H, W, 3) uint8 array."""

@@ -53,7 +53,8 @@ class Matter:
             AVX512-BF16/AMX, CUDA) or ``fp16`` (CUDA); other hardware is a ValueError.
         engine: ``torch`` (default) or ``onnxruntime``, which runs a graph written by
             ``p3m export`` (``weights`` is that file, and it names the model) and
-            needs no PyTorch.
+            needs no PyTorch. ``matter.engine`` and ``matter.precision`` are these names;
+            ``matter.runtime`` is the engine object (:mod:`p3m.inference.engines`).
 
     Images too small for a 1/2-scale pass of 32 px (shorter side < 64) are
     upscaled to a shorter side of 64 for inference; the alpha is resized back.
@@ -69,29 +70,31 @@ class Matter:
         self.max_size = int(max_size)
         self.shorter_side_limit = shorter_side_limit
         self.privacy = privacy
-        self.engine = create_engine(engine, model=model, weights=weights, device=device, precision=precision)
+        self.runtime = create_engine(engine, model=model, weights=weights, device=device, precision=precision)
+        self.engine = str(engine).lower()
+        self.precision = self.runtime.precision
 
     @property
     def model_name(self) -> str:
-        return self.engine.model_name
+        return self.runtime.model_name
 
     @property
     def weights_path(self):
-        return self.engine.weights_path
+        return self.runtime.weights_path
 
     @property
     def device(self) -> str:
-        return self.engine.device
+        return self.runtime.device
 
     @property
     def network(self):
         """The torch model of the ``torch`` engine (an AttributeError for other engines)."""
-        return self.engine.network
+        return self.runtime.network
 
     def __repr__(self) -> str:
-        return (f"Matter(model={self.engine.model_name!r}, method={self.method.value!r}, max_size={self.max_size}, "
-                f"device={self.engine.device!r}, privacy={self.privacy}, precision={self.engine.precision!r}, "
-                f"engine={type(self.engine).__name__!r})")
+        return (f"Matter(model={self.runtime.model_name!r}, method={self.method.value!r}, max_size={self.max_size}, "
+                f"device={self.runtime.device!r}, privacy={self.privacy}, precision={self.precision!r}, "
+                f"engine={self.engine!r})")
 
     def with_options(self, method: str | None = None, max_size: int | None = None,
                      privacy: bool | None = None) -> "Matter":
@@ -120,7 +123,7 @@ class Matter:
             seen = anonymize_for_model(rgb)
         working = _working_image(seen, self.shorter_side_limit)
         strategy = STRATEGIES[self.method]
-        alpha, trimap = strategy(self.engine, working, self.max_size)
+        alpha, trimap = strategy(self.runtime, working, self.max_size)
         if working.shape[:2] != (height, width):
             alpha = np.clip(cv2.resize(alpha, (width, height), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
             trimap = cv2.resize(trimap, (width, height), interpolation=cv2.INTER_NEAREST)

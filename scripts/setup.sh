@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Set up a development environment in .venv: the CPU build of PyTorch first
 # (any other torch requirement would pull several GB of CUDA packages), then
-# p3m itself, editable, with the test extras and every optional extra (video, serve, ikomia) (so the
-# tests of each integration run), and Debian's chromium for the browser test of
+# p3m itself, editable, with the test extras and every optional extra (torch,
+# onnx, serve, ikomia, video: so the tests of each integration run), and Debian's chromium for the browser test of
 # the server's page (Playwright drives it; it cannot download its own browser here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,5 +17,5 @@ fi
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet torch==2.13.0
-.venv/bin/python -m pip install --quiet -e ".[test,serve,ikomia,video]"
+.venv/bin/python -m pip install --quiet -e ".[torch,onnx,test,serve,ikomia,video]"
 .venv/bin/python -c "import torch, p3m; print(f'p3m {p3m.__version__} with torch {torch.__version__} ready in .venv')"

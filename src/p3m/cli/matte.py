@@ -29,6 +29,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--max-size", "--input-size", dest="max_size", type=int, default=1600, metavar="N",
                         help="per-side cap of a network pass, as the official MAX_SIZE (default 1600)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU; the default), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--precision", default="fp32", type=str.lower, choices=("fp32", "bf16", "fp16"),
+                        help="fp32 (default, faithful); bf16 on CUDA or CPUs with AVX512-BF16/AMX; fp16 on CUDA")
+    parser.add_argument("--engine", default="torch", type=str.lower, choices=("torch", "onnxruntime"),
+                        help="torch (default) or onnxruntime with --weights FILE.onnx from `p3m export`")
     parser.add_argument("--output", "--outputs", dest="outputs", default="alpha,rgba", metavar="KINDS",
                         help="comma-separated: alpha, rgba, composite, trimap (default alpha,rgba)")
     parser.add_argument("--background", default="white", metavar="COLOR|IMAGE",
@@ -63,14 +67,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, local: list[str], urls: list[str], download_dir: Path) -> int:
-    from p3m.checkpoint import CheckpointError
     from p3m.inference.batch import MatteOptions, has_pending_work, matte_files
     from p3m.inference.matter import Matter
     from p3m.inference.video import video_targets
     from p3m.inputs import check_output_folder, collect_inputs, output_paths
     from p3m.io import OutputFolder
     from p3m.io.video import is_video_file
-    from p3m.weights import WeightsUnavailableError
+
+    model_errors: tuple[type[Exception], ...] = (KeyError, ValueError, FileNotFoundError)  # CheckpointError is one
+    if args.engine == "torch":
+        from p3m.weights import WeightsUnavailableError
+
+        model_errors += (WeightsUnavailableError,)
 
     try:
         options = MatteOptions(outputs=tuple(kind.strip() for kind in args.outputs.split(",") if kind.strip()),
@@ -110,8 +118,8 @@ def _run(args: argparse.Namespace, local: list[str], urls: list[str], download_d
         return 1 if fetch_failures else 0
     try:
         matter = Matter(model=args.model, weights=args.weights, method=args.method, max_size=args.max_size,
-                        device=args.device, privacy=args.privacy)
-    except (WeightsUnavailableError, CheckpointError, KeyError, ValueError) as error:
+                        device=args.device, privacy=args.privacy, precision=args.precision, engine=args.engine)
+    except model_errors as error:
         raise CommandError(str(error).strip("'\"")) from None
 
     def report_error(path: Path, message: str) -> None:

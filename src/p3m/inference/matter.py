@@ -8,13 +8,11 @@ from typing import TYPE_CHECKING, Optional
 
 import cv2
 import numpy as np
-import torch
 
-from p3m.checkpoint import load_weights
+from p3m.inference.devices import resolve_device  # noqa: F401  (re-exported: p3m.train uses the same rule)
+from p3m.inference.engines import create_engine
 from p3m.inference.pipeline import STRATEGIES, Method, smallest_supported_side
 from p3m.io import ImageInput, ImageReadError, read_image
-from p3m.models.registry import get_spec
-from p3m.weights import resolve
 
 if TYPE_CHECKING:
     from p3m.privacy import PrivacyRecord
@@ -41,21 +39,6 @@ class MatteResult:
     privacy: Optional[PrivacyRecord] = None
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU; ``mps`` must be asked for explicitly."""
-    if str(device) != "auto":
-        try:
-            resolved = torch.device(device)
-        except RuntimeError:
-            raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
-        if resolved.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device 'cuda' requested but CUDA is not available")
-        if resolved.type == "mps" and not torch.backends.mps.is_available():
-            raise ValueError("device 'mps' requested but MPS is not available")
-        return resolved
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 class Matter:
     """Portrait matting with a P3M-Net variant; the network is built and loaded once.
 
@@ -75,6 +58,12 @@ class Matter:
             that none is detected there, else raise ``p3m.privacy.PrivacyError``
             without running the network (see README); the alpha is still
             returned for the original photo.
+        precision: ``fp32`` (default, the faithful path), ``bf16`` (CPUs with
+            AVX512-BF16/AMX, CUDA) or ``fp16`` (CUDA); other hardware is a ValueError.
+        engine: ``torch`` (default) or ``onnxruntime``, which runs a graph written by
+            ``p3m export`` (``weights`` is that file, and it names the model) and
+            needs no PyTorch. ``matter.engine`` and ``matter.precision`` are these names;
+            ``matter.runtime`` is the engine object (:mod:`p3m.inference.engines`).
 
     Images too small for a 1/2-scale pass of 32 px (shorter side < 64) are
     upscaled to a shorter side of 64 for inference; the alpha is resized back.
@@ -82,23 +71,39 @@ class Matter:
 
     def __init__(self, model: str = "resnet34", weights: str | os.PathLike | None = None,
                  method: str = "hybrid", max_size: int = 1600, device: str = "auto",
-                 shorter_side_limit: int | None = OFFICIAL_SHORTER_SIDE_LIMIT, privacy: bool = False):
-        self.spec = get_spec(model)
+                 shorter_side_limit: int | None = OFFICIAL_SHORTER_SIDE_LIMIT, privacy: bool = False,
+                 precision: str = "fp32", engine: str = "torch"):
         self.method = Method.parse(method)
         if max_size < 32:
             raise ValueError(f"max_size must be at least 32, got {max_size}")
         self.max_size = int(max_size)
         self.shorter_side_limit = shorter_side_limit
         self.privacy = privacy
-        self.device = resolve_device(device)
-        self.weights_path = resolve(self.spec.name, weights)
-        network = self.spec.build()
-        load_weights(network, self.weights_path, self.spec.name)
-        self.network = network.eval().to(self.device)
+        self.runtime = create_engine(engine, model=model, weights=weights, device=device, precision=precision)
+        self.engine = str(engine).lower()
+        self.precision = self.runtime.precision
+
+    @property
+    def model_name(self) -> str:
+        return self.runtime.model_name
+
+    @property
+    def weights_path(self):
+        return self.runtime.weights_path
+
+    @property
+    def device(self) -> str:
+        return self.runtime.device
+
+    @property
+    def network(self):
+        """The torch model of the ``torch`` engine (an AttributeError for other engines)."""
+        return self.runtime.network
 
     def __repr__(self) -> str:
-        return (f"Matter(model={self.spec.name!r}, method={self.method.value!r}, max_size={self.max_size}, "
-                f"device={str(self.device)!r}, privacy={self.privacy})")
+        return (f"Matter(model={self.runtime.model_name!r}, method={self.method.value!r}, max_size={self.max_size}, "
+                f"device={self.runtime.device!r}, privacy={self.privacy}, precision={self.precision!r}, "
+                f"engine={self.engine!r})")
 
     def with_options(self, method: str | None = None, max_size: int | None = None,
                      privacy: bool | None = None) -> "Matter":
@@ -127,7 +132,7 @@ class Matter:
             seen, record = hide_faces_for_model(rgb)
         working = _working_image(seen, self.shorter_side_limit)
         strategy = STRATEGIES[self.method]
-        alpha, trimap = strategy(self.network, working, self.max_size, self.spec.mean, self.spec.std, self.device)
+        alpha, trimap = strategy(self.runtime, working, self.max_size)
         if working.shape[:2] != (height, width):
             alpha = np.clip(cv2.resize(alpha, (width, height), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
             trimap = cv2.resize(trimap, (width, height), interpolation=cv2.INTER_NEAREST)

@@ -1,5 +1,9 @@
 """The official P3M inference strategies, HYBRID and RESIZE, on one RGB image.
 
+Any engine (:mod:`p3m.inference.engines`) runs the network; everything around
+it is numpy, so this module never imports PyTorch. The trimap argmax and the
+fusion work on the engine's outputs in float32 whatever its precision.
+
 Deliberate reproductions of the official code (comparability with published
 numbers): each pass floors both sides to a multiple of 32 and caps each side at
 ``max_size`` independently (the cap ignores the aspect ratio); images and maps
@@ -13,12 +17,12 @@ from enum import Enum
 
 import cv2
 import numpy as np
-import torch
 from skimage.transform import resize
 
-from p3m.models.features import P3MOutput
+from p3m.inference.engines import Engine
 
 MIN_PASS_SIDE = 32
+TRIMAP_LEVELS = np.array([0, 128, 255], dtype=np.uint8)
 
 
 class Method(str, Enum):
@@ -54,61 +58,63 @@ def smallest_supported_side(ratio: float) -> int:
     return int(np.ceil(MIN_PASS_SIDE / ratio))
 
 
-def normalise(image: np.ndarray, mean, std, device: torch.device) -> torch.Tensor:
-    """(h, w, 3) float image in [0, 255] -> (1, 3, h, w) normalised float32 tensor.
+def normalise(image: np.ndarray, mean, std) -> np.ndarray:
+    """(h, w, 3) float image in [0, 255] -> (1, 3, h, w) normalised float32 array.
 
-    As the official code: cast to float32, divide by 255, then normalise.
+    As the official code: cast to float32, divide by 255, then normalise (all in float32).
     """
-    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
-    tensor = tensor.permute(2, 0, 1).div_(255.0)
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=device)[:, None, None]
-    std_t = torch.tensor(std, dtype=torch.float32, device=device)[:, None, None]
-    return tensor.sub_(mean_t).div_(std_t).unsqueeze(0)
+    planes = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / np.float32(255.0)
+    planes -= np.asarray(mean, dtype=np.float32)[:, None, None]
+    planes /= np.asarray(std, dtype=np.float32)[:, None, None]
+    return planes[None]
 
 
-def trimap_from_logits(global_logits: torch.Tensor) -> np.ndarray:
-    """(1, 3, h, w) logits -> (h, w) uint8 trimap: background 0, transition 128, foreground 255."""
-    classes = global_logits[0].argmax(dim=0).to(torch.uint8).cpu().numpy()
-    return np.array([0, 128, 255], dtype=np.uint8)[classes]
+def trimap_from_logits(global_logits: np.ndarray) -> np.ndarray:
+    """(3, h, w) logits -> (h, w) uint8 trimap: background 0, transition 128, foreground 255."""
+    return TRIMAP_LEVELS[global_logits.argmax(axis=0)]
 
 
-def run_pass(model, image: np.ndarray, size: tuple[int, int], mean, std, device: torch.device,
-             need_global: bool = True, need_local: bool = True) -> PassOutput:
+def fuse(global_logits: np.ndarray, local_alpha: np.ndarray) -> np.ndarray:
+    """The official fusion on numpy maps: argmax background -> 0, foreground -> 1,
+    transition -> ``local_alpha``. (3, h, w) and (h, w) float32 -> (h, w) float32."""
+    region = global_logits.argmax(axis=0)
+    return np.where(region == 1, local_alpha, (region == 2).astype(np.float32))
+
+
+def run_pass(engine: Engine, image: np.ndarray, size: tuple[int, int], need_global: bool = True,
+             need_local: bool = True) -> PassOutput:
     """Resize ``image`` ((H, W, 3) uint8) to ``size`` and run the network once,
     computing only the branches needed (the others' outputs are unused by the strategy)."""
-    scaled = resize(image, size) * 255.0
-    with torch.inference_mode():
-        output: P3MOutput = model(normalise(scaled, mean, std, device), need_global=need_global,
-                                  need_local=need_local)
+    network_input = normalise(resize(image, size) * 255.0, engine.mean, engine.std)
+    raw = engine.run(network_input, need_global=need_global, need_local=need_local)
+    del network_input
     return PassOutput(
-        trimap=None if output.global_logits is None else trimap_from_logits(output.global_logits),
-        local_alpha=None if output.local_alpha is None else output.local_alpha[0, 0].float().cpu().numpy(),
-        fused_alpha=None if output.fused_alpha is None else output.fused_alpha[0, 0].float().cpu().numpy(),
+        trimap=None if raw.global_logits is None else trimap_from_logits(raw.global_logits),
+        local_alpha=raw.local_alpha,
+        fused_alpha=None if not (need_global and need_local) else fuse(raw.global_logits, raw.local_alpha),
     )
 
 
-def hybrid(model, image: np.ndarray, max_size: int, mean, std, device) -> tuple[np.ndarray, np.ndarray]:
+def hybrid(engine: Engine, image: np.ndarray, max_size: int) -> tuple[np.ndarray, np.ndarray]:
     """HYBRID: global pass at 1/2 scale gives the trimap, local pass at full scale the detail.
 
     Returns:
         alpha: (H, W) float32 in [0, 1]; trimap: (H, W) uint8 of the global pass.
     """
     height, width = image.shape[:2]
-    global_pass = run_pass(model, image, pass_size(height, width, 0.5, max_size), mean, std, device,
-                           need_local=False)
+    global_pass = run_pass(engine, image, pass_size(height, width, 0.5, max_size), need_local=False)
     trimap_full = resize(global_pass.trimap, (height, width)) * 255.0
-    local_pass = run_pass(model, image, pass_size(height, width, 1.0, max_size), mean, std, device,
-                          need_global=False)
+    local_pass = run_pass(engine, image, pass_size(height, width, 1.0, max_size), need_global=False)
     local_full = resize(local_pass.local_alpha, (height, width))
     certain = (trimap_full == 0) | (trimap_full == 255)
     alpha = np.where(certain, trimap_full / 255.0, local_full).astype(np.float32)
     return alpha, _nearest(global_pass.trimap, height, width)
 
 
-def resize_method(model, image: np.ndarray, max_size: int, mean, std, device) -> tuple[np.ndarray, np.ndarray]:
+def resize_method(engine: Engine, image: np.ndarray, max_size: int) -> tuple[np.ndarray, np.ndarray]:
     """RESIZE: one pass at 1/2 scale; its fused alpha is resized to full size."""
     height, width = image.shape[:2]
-    single = run_pass(model, image, pass_size(height, width, 0.5, max_size), mean, std, device)
+    single = run_pass(engine, image, pass_size(height, width, 0.5, max_size))
     alpha = resize(single.fused_alpha, (height, width)).astype(np.float32)
     return alpha, _nearest(single.trimap, height, width)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from p3m.models.features import EncoderFeatures, P3MOutput
@@ -36,12 +35,23 @@ class DecoderSpec:
 
 
 def unpool(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """2x2 max-unpooling with the encoder's indices.
+    """2x2 max-unpooling with the encoder's indices: (N, C, h, w) -> (N, C, 2h, 2w).
 
-    Inputs are made contiguous first: PyTorch's CPU ``max_unpool2d`` places
-    values wrongly for channels-last tensors, which the rest of the network uses.
+    ``indices`` index each (2h, 2w) plane, as ``max_pool2d(..., return_indices=True)``
+    gives them. Values scatter into a zero map; where two windows chose the same
+    position the later window wins, as in PyTorch's CPU ``max_unpool2d``. Channels-last
+    inputs scatter along the pixel axis of their (N, h*w, C) memory, with no copy
+    (``max_unpool2d`` places channels-last values wrongly and needs two copies);
+    ONNX export scatters NCHW planes, which its runtimes expect.
     """
-    return F.max_unpool2d(x.contiguous(), indices.contiguous(), kernel_size=2, stride=2)
+    n, c, h, w = x.shape
+    if torch.onnx.is_in_onnx_export() or not x.is_contiguous(memory_format=torch.channels_last):
+        out = x.new_zeros((n, c, 4 * h * w))
+        out.scatter_(2, indices.reshape(n, c, h * w), x.reshape(n, c, h * w))
+        return out.view(n, c, 2 * h, 2 * w)
+    out = x.new_zeros((n, 4 * h * w, c))
+    out.scatter_(1, indices.permute(0, 2, 3, 1).reshape(n, h * w, c), x.permute(0, 2, 3, 1).reshape(n, h * w, c))
+    return out.view(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
 
 
 def fuse(global_logits: torch.Tensor, local_alpha: torch.Tensor) -> torch.Tensor:

@@ -569,7 +569,7 @@ def _describe(matter: Matter, settings: ServeSettings) -> dict:
     import torch
 
     return {
-        "model": matter.spec.name,
+        "model": matter.model_name,
         "weights": Path(matter.weights_path).name,
         "method": matter.method.value,
         "max_size": matter.max_size,

@@ -21,10 +21,11 @@ from p3m.cli import main
 from p3m.data.synth import write_dataset
 from p3m.inference.matter import Matter
 from p3m.models import create_model
-from p3m.train.backbone import BackboneError, load_backbone
+from p3m.backbone import BackboneError, load_backbone
 from p3m.train.config import DEFAULT_CONFIG, ConfigError, TrainConfig, load_yaml, merge
 
-SMALL = ["--image-size", "64", "--batch-size", "2", "--workers", "0", "--device", "cpu", "--validate-every", "0"]
+SMALL = ["--image-size", "64", "--batch-size", "2", "--workers", "0", "--device", "cpu", "--validate-every", "0",
+         "--backbone-weights", "none"]
 
 
 @pytest.fixture(autouse=True)
@@ -339,7 +340,7 @@ def test_backbone_without_matching_tensors_is_an_error(tmp_path):
 
 def test_parameters_without_gradient_are_frozen_for_ddp():
     from p3m.models.features import P3MOutput
-    from p3m.train.trainer import _freeze_unused_parameters
+    from p3m.train.run import _freeze_unused_parameters
 
     class Toy(torch.nn.Module):
         def __init__(self):

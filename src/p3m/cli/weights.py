@@ -1,4 +1,5 @@
-"""``p3m weights list | download NAME | path NAME``: the official pretrained weights."""
+"""``p3m weights list | download NAME | path NAME``: the official pretrained weights
+(P3M-Net on P3M-10k, and the ImageNet encoders ``NAME-imagenet`` training starts from)."""
 from __future__ import annotations
 
 import argparse
@@ -11,9 +12,10 @@ def add_parser(subparsers) -> None:
                                    description="The official P3M-Net weights, cached under $P3M_HOME/weights "
                                                "(default ~/.cache/p3m/weights).")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    actions.add_parser("list", help="models, their weight files and whether they are cached").set_defaults(handler=list_weights)
-    download = actions.add_parser("download", help="download a model's weights into the cache")
-    download.add_argument("name", help="model name (see 'p3m weights list')")
+    actions.add_parser("list", help="weight files (P3M-Net and ImageNet encoders) and whether they are cached"
+                       ).set_defaults(handler=list_weights)
+    download = actions.add_parser("download", help="download weights into the cache")
+    download.add_argument("name", help="entry name, e.g. resnet34 or resnet34-imagenet (see 'p3m weights list')")
     download.add_argument("--force", action="store_true", help="download again even if cached")
     download.set_defaults(handler=download_weights)
     path = actions.add_parser("path", help="print where a model's weights are cached")
@@ -23,15 +25,16 @@ def add_parser(subparsers) -> None:
 
 def list_weights(args: argparse.Namespace) -> int:
     from p3m.models.registry import get_spec, list_models
-    from p3m.weights import cached_path
+    from p3m.weights import cached_path, entry, entry_names
 
-    for name in list_models():
-        spec = get_spec(name)
-        if spec.weights is None:
-            print(f"{name:<10} (no published weights)")
-            continue
+    names = entry_names()
+    for name in names:
+        weights = entry(name).weights
         state = "cached" if cached_path(name).is_file() else "not cached"
-        print(f"{name:<10} {spec.weights.file_name:<40} {state:<11} {spec.weights.url}")
+        print(f"{name:<18} {weights.file_name:<40} {state:<11} {weights.url}")
+    for model in list_models():
+        if model not in names:
+            print(f"{model:<18} (no published weights)")
     return 0
 
 
@@ -54,9 +57,11 @@ def weights_path(args: argparse.Namespace) -> int:
 
 
 def _known(name: str) -> str:
-    from p3m.models.registry import get_spec
+    from p3m.weights import WeightsUnavailableError, entry
 
     try:
-        return get_spec(name).name
+        return entry(name).name
     except KeyError as error:
         raise CommandError(str(error).strip("'\"")) from None
+    except WeightsUnavailableError as error:
+        raise CommandError(str(error)) from None

@@ -15,6 +15,9 @@ from typing import Any, Mapping
 import yaml
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+# ``backbone_weights`` values besides a file: the registry's ImageNet encoder, or random initialisation.
+IMAGENET = "imagenet"
+RANDOM_INIT = "none"
 LR_SCHEDULES = ("constant", "cosine")
 VAL_SPLITS = ("P3M-500-P", "P3M-500-NP")
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "p3m10k_resnet34.yaml"
@@ -37,7 +40,7 @@ class TrainConfig:
     workers: int = 4
     # model and initialisation
     model: str = "resnet34"
-    backbone_weights: str | None = None
+    backbone_weights: str = IMAGENET
     weights: str | None = None
     # optimisation
     epochs: float = 150
@@ -53,6 +56,7 @@ class TrainConfig:
     sync_bn: bool = False
     find_unused_parameters: bool = False
     seed: int = 0
+    deterministic: bool = False
     device: str = "auto"
     # output
     output: str | None = None

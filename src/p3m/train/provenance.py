@@ -72,7 +72,7 @@ def build_record(config: dict[str, Any], manifest: list[dict[str, Any]], initial
     import p3m
 
     return {
-        "p3m": p3m.__version__, "code_sha256": code_digest(), "torch": torch.__version__,
+        "p3m": p3m.__version__, "code_sha256": code_digest(), "torch": str(torch.__version__),
         "numpy": numpy.__version__, "python": platform.python_version(), "platform": platform.platform(),
         "device": device, "torch_threads": threads, "world_size": world_size,
         "config": config, "initial_weights": initial_weights,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Set up a development environment in .venv: the CPU build of PyTorch first
-# (any other torch requirement would pull several GB of CUDA packages), then
-# p3m itself, editable, with the test extras.
+# Set up a development environment in .venv: PyTorch 2.13.0 first, pinned (the
+# build is the package index's: a CPU wheel on the project's machines, where any
+# other torch requirement would pull several GB of CUDA packages), then p3m
+# itself, editable, with the test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv

@@ -24,7 +24,7 @@ def add_parser(subparsers) -> None:
 
 
 def list_weights(args: argparse.Namespace) -> int:
-    from p3m.models.registry import get_spec, list_models
+    from p3m.models.registry import list_models
     from p3m.weights import cached_path, entry, entry_names
 
     names = entry_names()

@@ -126,3 +126,168 @@ def test_outputs_get_the_usual_permissions(tmp_path):
 def test_read_mask_takes_first_channel(tmp_path, gradient):
     Image.fromarray(gradient).save(tmp_path / "mask.png")
     np.testing.assert_array_equal(read_mask(tmp_path / "mask.png"), gradient[..., 0])
+
+
+# -- the one reader: allow-listed formats, every failure an ImageReadError naming the source
+
+EPS = b"""%!PS-Adobe-3.0 EPSF-3.0
+%%BoundingBox: 0 0 8 8
+%%EndComments
+0 0 moveto 8 8 lineto stroke
+showpage
+%%EOF
+"""
+
+
+def test_eps_named_jpg_never_reaches_ghostscript(tmp_path, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    opened = []
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: opened.append(self) or 1 / 0)
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *args, **kwargs: opened.append(args) or 1 / 0)
+    path = tmp_path / "holiday.jpg"
+    path.write_bytes(EPS)
+    with pytest.raises(ZeroDivisionError):  # what Pillow alone does: picks the EPS decoder by content
+        Image.open(path)
+    opened.clear()
+    with pytest.raises(ImageReadError, match=r"holiday\.jpg: not an image file of a supported format"):
+        read_image(path)
+    with pytest.raises(ImageReadError, match="holiday.jpg"):
+        read_mask(path)
+    assert opened == []
+
+
+def test_a_png_with_a_broken_chunk_is_a_read_error(tmp_path, gradient):
+    import io
+    import zlib
+
+    buffer = io.BytesIO()
+    Image.fromarray(gradient).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    idat = data.index(b"IDAT")
+    data[idat + 4:idat + 12] = zlib.compress(b"\x00" * 4)[:8]  # IDAT payload no longer inflates to the rows
+    path = tmp_path / "broken.png"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageReadError, match=r"broken\.png: cannot read image"):
+        read_image(path)
+
+
+def test_bytes_and_file_objects_are_read_like_files(tmp_path, gradient):
+    import io
+
+    Image.fromarray(gradient).save(tmp_path / "g.png")
+    data = (tmp_path / "g.png").read_bytes()
+    np.testing.assert_array_equal(read_image(data), gradient)
+    np.testing.assert_array_equal(read_image(io.BytesIO(data)), gradient)
+    with open(tmp_path / "g.png", "rb") as handle:
+        np.testing.assert_array_equal(read_mask(handle), gradient[..., 0])
+    with pytest.raises(ImageReadError, match=r"upload\.png: not an image"):
+        read_image(b"<html>", name="upload.png")
+    with pytest.raises(ImageReadError, match=r"<bytes>: "):
+        read_image(data[:40])
+    with pytest.raises(ImageReadError, match="got NoneType"):
+        read_image(None)
+
+
+def test_symlink_loop_fifo_and_folder_say_so(tmp_path):
+    import os
+
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop)
+    with pytest.raises(ImageReadError, match=r"loop\.png: symbolic link loop"):
+        read_image(loop)
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageReadError, match=r"pipe\.png: not a regular file"):
+        read_image(fifo)  # returns at once: a FIFO is never waited on
+
+
+# -- the one writer: guards, short temporaries, stale temporaries, links
+
+def test_writer_refuses_an_input_by_inode_and_by_path(tmp_path):
+    import os
+
+    from p3m.io import RunInputs, UnsafeOutputError, write_text
+
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"original")
+    os.link(photo, tmp_path / "alias.jpg")
+    inputs = RunInputs([photo, tmp_path / "not-yet.json"])
+    for target in (photo, tmp_path / "alias.jpg", tmp_path / "sub" / ".." / "photo.jpg", tmp_path / "not-yet.json"):
+        with pytest.raises(UnsafeOutputError, match="input of the run"):
+            write_text(target, "{}", inputs=inputs)
+    assert photo.read_bytes() == b"original"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alias.jpg", "photo.jpg"]
+
+
+def test_writer_does_not_follow_a_symlinked_folder_out_of_the_root(tmp_path):
+    from p3m.io import OutputFolder, UnsafeOutputError
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "a.png").write_bytes(b"precious")
+    out = tmp_path / "out"
+    (out / "alpha").mkdir(parents=True)
+    (out / "alpha" / "sub").symlink_to(outside)
+    folder = OutputFolder(out)
+    with pytest.raises(UnsafeOutputError, match="outside the output folder|symbolic link"):
+        folder.save_image(out / "alpha" / "sub" / "a.png", np.zeros((4, 4), np.uint8))
+    with pytest.raises(UnsafeOutputError, match="outside the output folder"):
+        folder.write_text(out / ".." / "outside" / "a.png", "x")
+    assert (outside / "a.png").read_bytes() == b"precious"
+    assert [p.name for p in outside.iterdir()] == ["a.png"]
+
+
+def test_log_appends_refuse_a_symlink(tmp_path):
+    from p3m.io import UnsafeOutputError, append_text
+
+    target = tmp_path / "victim.txt"
+    target.write_text("keep\n")
+    (tmp_path / "train.log").symlink_to(target)
+    with pytest.raises(UnsafeOutputError, match="symbolic link"):
+        append_text(tmp_path / "train.log", "line\n")
+    assert target.read_text() == "keep\n"
+    append_text(tmp_path / "new.log", "one\n")
+    append_text(tmp_path / "new.log", "two\n")
+    assert (tmp_path / "new.log").read_text() == "one\ntwo\n"
+
+
+def test_long_names_and_stale_temporaries(tmp_path):
+    import subprocess
+    import sys
+
+    from p3m.io import OutputFolder
+
+    name = "é" * 60 + "x" * 130 + ".png"  # 254 bytes in UTF-8
+    assert len(name.encode()) == 254
+    save_image(tmp_path / name, np.zeros((4, 4), np.uint8))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / "sub" / f".p3m-{int(dead.stdout)}-0123abcd.part.png"
+    stale.parent.mkdir()
+    stale.write_bytes(b"")
+    unrelated = tmp_path / "sub" / ".p3m-notes.txt"
+    unrelated.write_bytes(b"mine")
+    OutputFolder(tmp_path)
+    assert not stale.exists() and unrelated.exists()
+    assert (tmp_path / name).is_file()
+
+
+def test_output_folder_that_is_a_file_is_refused(tmp_path):
+    from p3m.io import OutputFolder, UnsafeOutputError
+
+    (tmp_path / "out").write_text("a file")
+    with pytest.raises(UnsafeOutputError, match="not a folder"):
+        OutputFolder(tmp_path / "out")
+
+
+def test_output_complete_needs_a_decodable_non_empty_file(tmp_path, gradient):
+    from p3m.io import output_complete
+
+    save_image(tmp_path / "done.png", gradient)
+    data = (tmp_path / "done.png").read_bytes()
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "half.png").write_bytes(data[: len(data) // 2])
+    assert output_complete(tmp_path / "done.png")
+    assert not output_complete(tmp_path / "empty.png")
+    assert not output_complete(tmp_path / "half.png")
+    assert not output_complete(tmp_path / "absent.png")

@@ -347,7 +347,7 @@ def test_anonymized_file_keeps_the_colour_profile_only_for_the_same_colour_famil
     monkeypatch.setattr(Image, "open", lambda *args, **kwargs: opened.append(args[0]) or real_open(*args, **kwargs))
     report = privacy.anonymize_file(source, output)
     monkeypatch.undo()
-    assert report.status == "no_faces" and opened == [source]  # one decode of the source
+    assert report.status == "no_faces" and len(opened) == 1  # one decode of the source
     with Image.open(output) as written:
         assert written.mode == {"CMYK": "RGB"}.get(mode, mode)
         assert written.info.get("icc_profile") == (b"test profile " + mode.encode() if kept else None)

@@ -13,7 +13,7 @@ import sys
 
 from p3m import __version__
 
-SUBCOMMANDS = ("matte", "weights", "anonymize", "evaluate", "dataset", "train")
+SUBCOMMANDS = ("matte", "weights", "anonymize", "evaluate", "dataset", "train", "serve", "ikomia")
 
 
 class CommandError(Exception):

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import tempfile
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from p3m.cli import CommandError
 
@@ -13,7 +16,8 @@ def add_parser(subparsers) -> None:
         "matte", help="matte portraits: alpha, RGBA cutout, composite",
         description="Matte portrait images with P3M-Net. Outputs go to OUT/<kind>/, mirroring the inputs' "
                     "relative paths, as PNG. Existing outputs are skipped unless --overwrite.")
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or globs")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files, folders (recursive), globs or http(s) URLs")
     parser.add_argument("-o", "--out-dir", dest="out_dir", required=True, type=Path, metavar="OUT",
                         help="output folder")
     parser.add_argument("--model", default="resnet34", help="resnet34 (default) or vitae-s")
@@ -33,11 +37,20 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--privacy", action="store_true",
                         help="blur faces before the network sees the image (the alpha is for the original)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--allow-private-urls", dest="allow_private_urls", action="store_true",
+                        help="let URL inputs reach loopback, private and link-local addresses")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    urls = [text for text in args.inputs if _is_url(text)]
+    local = [text for text in args.inputs if not _is_url(text)]
+    with tempfile.TemporaryDirectory(prefix="p3m-urls-") as download_dir:
+        return _run(args, local, urls, Path(download_dir))
+
+
+def _run(args: argparse.Namespace, local: list[str], urls: list[str], download_dir: Path) -> int:
     from p3m.checkpoint import CheckpointError
     from p3m.inference.batch import MatteOptions, has_pending_work, matte_files
     from p3m.inference.matter import Matter
@@ -48,11 +61,16 @@ def run(args: argparse.Namespace) -> int:
         options = MatteOptions(outputs=tuple(kind.strip() for kind in args.outputs.split(",") if kind.strip()),
                                background=args.background, foreground=args.foreground,
                                alpha_depth=args.alpha_depth, overwrite=args.overwrite)
-        pairs = collect_inputs(args.inputs)
-        check_output_folder(args.out_dir, args.inputs)
+        pairs = collect_inputs(local) if local else []
+        check_output_folder(args.out_dir, local)
+    except (ValueError, FileNotFoundError) as error:
+        raise CommandError(str(error)) from None
+    url_of, downloaded, fetch_failures = _download(urls, download_dir, args.allow_private_urls)
+    pairs += downloaded
+    try:
         for kind in options.outputs:  # refuse two inputs sharing an output, or an output over an input
             output_paths(pairs, args.out_dir / kind, suffix=".png")
-    except (ValueError, FileNotFoundError) as error:
+    except ValueError as error:
         raise CommandError(str(error)) from None
     if "composite" in options.outputs:
         from p3m.inference.compose import Background
@@ -62,9 +80,9 @@ def run(args: argparse.Namespace) -> int:
         except (ValueError, OSError) as error:
             raise CommandError(f"--background: {error}") from None
     if not has_pending_work(pairs, args.out_dir, options):
-        print(f"p3m matte: 0 done, {len(pairs)} skipped (outputs exist), 0 failed -> {args.out_dir}",
-              file=sys.stderr)
-        return 0
+        print(f"p3m matte: 0 done, {len(pairs)} skipped (outputs exist), {len(fetch_failures)} failed "
+              f"-> {args.out_dir}", file=sys.stderr)
+        return 1 if fetch_failures else 0
     try:
         matter = Matter(model=args.model, weights=args.weights, method=args.method, max_size=args.max_size,
                         device=args.device, privacy=args.privacy)
@@ -74,9 +92,48 @@ def run(args: argparse.Namespace) -> int:
     def report_error(path: Path, message: str) -> None:
         from tqdm import tqdm
 
+        if path in url_of:  # name the URL, not the temporary download
+            message = message.replace(str(path), url_of[path])
         tqdm.write(f"error: {message}", file=sys.stderr)
 
     show_progress = not args.quiet and len(pairs) > 1
     report = matte_files(matter, pairs, args.out_dir, options, on_error=report_error, progress=show_progress)
+    report.failed.extend(fetch_failures)
     print(f"p3m matte: {report.summary()} -> {args.out_dir}", file=sys.stderr)
     return 0 if report.ok else 1
+
+
+def _is_url(text: str) -> bool:
+    return text.lower().startswith(("http://", "https://"))
+
+
+def _download(urls: list[str], folder: Path, allow_private: bool):
+    """Fetch each URL (through the guarded fetcher) into ``folder``.
+
+    Returns:
+        {downloaded file: url}, the (file, relative output path) pairs, and
+        [(url, message)] for the URLs that could not be fetched.
+    """
+    from p3m.io.fetch import FetchError, fetch_url
+    from p3m.io import atomic_write
+
+    sources, pairs, failures = {}, [], []
+    for index, url in enumerate(urls):
+        try:
+            content = fetch_url(url, allow_private=allow_private).content
+        except FetchError as error:
+            print(f"error: {error}", file=sys.stderr)
+            failures.append((url, str(error)))
+            continue
+        name = _url_file_name(url)
+        path = atomic_write(folder / str(index) / name, lambda tmp: tmp.write_bytes(content))
+        sources[path] = url
+        pairs.append((path, Path(name)))
+    return sources, pairs, failures
+
+
+def _url_file_name(url: str) -> str:
+    """The last path segment of ``url`` reduced to safe characters, for the output name."""
+    name = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")
+    return name or "download"

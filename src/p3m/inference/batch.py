@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image
 
 from p3m.inference.compose import Background, alpha_to_uint, composite, cutout, foreground_colour
 from p3m.inference.matter import Matter, MatteResult
-from p3m.io import ImageReadError, save_image
+from p3m.io import ImageReadError, atomic_write
 
 OUTPUT_KINDS = ("alpha", "rgba", "composite", "trimap")
 # zlib level 3 instead of Pillow's 6: RGBA cutouts encode about 2.5x faster for ~7% larger files.
@@ -69,22 +73,37 @@ def has_pending_work(pairs: Sequence[tuple[Path, Path]], out_dir: os.PathLike, o
                for path in output_targets(Path(out_dir), relative, options.outputs).values())
 
 
+def output_images(result: MatteResult, kinds: Sequence[str], options: MatteOptions,
+                  background: Background | None) -> Iterator[tuple[str, np.ndarray]]:
+    """Each requested kind for one result, one at a time: alpha (H, W) uint8 or uint16,
+    rgba (H, W, 4) uint8, composite (H, W, 3) uint8, trimap (H, W) uint8."""
+    colour = None
+    if "rgba" in kinds or "composite" in kinds:
+        colour = foreground_colour(result.image, result.alpha, options.foreground)
+    for kind in kinds:
+        if kind == "alpha":
+            yield kind, alpha_to_uint(result.alpha, options.alpha_depth)
+        elif kind == "rgba":
+            yield kind, cutout(colour, result.alpha)
+        elif kind == "composite":
+            yield kind, composite(colour, result.alpha, background.for_size(*result.alpha.shape))
+        else:
+            yield kind, result.trimap
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """The PNG bytes of an output image, as ``p3m matte`` writes them (and ``p3m serve`` returns them)."""
+    buffer = BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", **PNG_OPTIONS)
+    return buffer.getvalue()
+
+
 def write_outputs(result: MatteResult, targets: dict[str, Path], options: MatteOptions,
                   background: Background | None) -> None:
     """Write each requested kind for one result (atomically, one file per kind)."""
-    colour = None
-    if "rgba" in targets or "composite" in targets:
-        colour = foreground_colour(result.image, result.alpha, options.foreground)
-    for kind, path in targets.items():
-        if kind == "alpha":
-            image = alpha_to_uint(result.alpha, options.alpha_depth)
-        elif kind == "rgba":
-            image = cutout(colour, result.alpha)
-        elif kind == "composite":
-            image = composite(colour, result.alpha, background.for_size(*result.alpha.shape))
-        else:
-            image = result.trimap
-        save_image(path, image, **PNG_OPTIONS)
+    for kind, image in output_images(result, tuple(targets), options, background):
+        data = encode_png(image)
+        atomic_write(targets[kind], lambda tmp: tmp.write_bytes(data))
 
 
 def matte_files(matter: Matter, pairs: Sequence[tuple[Path, Path]], out_dir: os.PathLike,

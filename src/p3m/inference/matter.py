@@ -1,6 +1,7 @@
 """``Matter``: the one inference entry point used by the Python API and the CLI."""
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 
@@ -89,6 +90,20 @@ class Matter:
     def __repr__(self) -> str:
         return (f"Matter(model={self.spec.name!r}, method={self.method.value!r}, max_size={self.max_size}, "
                 f"device={str(self.device)!r}, privacy={self.privacy})")
+
+    def with_options(self, method: str | None = None, max_size: int | None = None,
+                     privacy: bool | None = None) -> "Matter":
+        """A Matter that shares this one's loaded network, with other per-call options."""
+        variant = copy.copy(self)
+        if method is not None:
+            variant.method = Method.parse(method)
+        if max_size is not None:
+            if max_size < 32:
+                raise ValueError(f"max_size must be at least 32, got {max_size}")
+            variant.max_size = int(max_size)
+        if privacy is not None:
+            variant.privacy = bool(privacy)
+        return variant
 
     def predict(self, image: ImageInput) -> MatteResult:
         """Matte one image: a path, a PIL image or an (H, W, 3) uint8 array."""

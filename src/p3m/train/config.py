@@ -203,7 +203,7 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
 
 
 def save_yaml(config: TrainConfig, path: str | os.PathLike) -> Path:
-    from p3m.io import atomic_write
+    from p3m.io import write_text
 
     text = yaml.safe_dump(config.to_dict(), sort_keys=False)
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return write_text(path, text, root=Path(path).parent)

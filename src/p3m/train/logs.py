@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from p3m.io import append_text, write_text
 from p3m.train import distributed
 from p3m.train.distributed import DistInfo
 from p3m.train.trainer import Hook, StepResult, Trainer, TrainingError
@@ -27,9 +28,9 @@ TENSORBOARD = "tensorboard"
 
 
 def append_line(path: Path, line: str) -> None:
-    """Append one line to a log file (one ``write`` call, so that lines from several processes do not mix)."""
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(line.rstrip("\n") + "\n")
+    """Append one line to a log file of the run folder (one ``write`` call, so that lines from several
+    processes do not mix)."""
+    append_text(path, line.rstrip("\n") + "\n", root=path.parent)
 
 
 def stamped(message: str) -> str:
@@ -101,9 +102,7 @@ def truncate_jsonl(path: Path, step: int) -> None:
                 kept.append(line)
         except json.JSONDecodeError:
             continue
-    from p3m.io import atomic_write
-
-    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept), encoding="utf-8"))
+    write_text(path, "".join(line + "\n" for line in kept), root=path.parent)
 
 
 def tensorboard_writer(trainer: Trainer, subfolder: str = "") -> Any:

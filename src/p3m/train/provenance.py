@@ -136,10 +136,10 @@ def read(output: Path) -> dict[str, Any] | None:
 def write(output: Path, record: dict[str, Any], manifest: list[dict[str, Any]],
           history: list[dict[str, Any]]) -> Path:
     """Write ``DIR/provenance.json``: the record, the resumes so far and the file manifest."""
-    from p3m.io import atomic_write
+    from p3m.io import write_text
 
     text = json.dumps({**record, "history": history, "manifest": manifest}, indent=1) + "\n"
-    return atomic_write(output / PROVENANCE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return write_text(output / PROVENANCE, text, root=output)
 
 
 def history_entry(step: int, kind: str, differences: list[str], forced: bool) -> dict[str, Any]:

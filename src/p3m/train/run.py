@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from p3m.checkpoint import load_weights, read_checkpoint
+from p3m.io import OutputFolder
 from p3m.models.registry import ModelSpec, get_spec
 from p3m.train import distributed, provenance
 from p3m.train.config import IMAGENET, RANDOM_INIT, TrainConfig, save_yaml
@@ -84,7 +85,7 @@ def _train(config: TrainConfig, resume, force: bool, info: DistInfo, device: tor
     record, manifest, history = _provenance(config, resume, resume_state, force, dataset, initial, info, device)
 
     if info.is_main:
-        output.mkdir(parents=True, exist_ok=True)
+        OutputFolder(output).mkdir(output)  # also removes temporaries left by a killed run
         save_yaml(config, output / CONFIG)
         provenance.write(output, record, manifest, history)
     distributed.barrier(info)

@@ -6,11 +6,11 @@ evaluation), so the scores are those of the checkpoint a user would ship.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -110,19 +110,11 @@ class ValidationHook(Hook):
             trainer.log(f"new best mean SAD {score:.4f}: {trainer.output / BEST}")
 
 
-class _weights_file:
-    """A temporary official-format weights file of ``module`` in ``folder``, removed on exit."""
-
-    def __init__(self, module: torch.nn.Module, folder: Path, model: str, rank: int):
-        self.module, self.folder, self.model, self.rank = module, folder, model, rank
-        self.path: Path | None = None
-
-    def __enter__(self) -> Path:
-        handle, name = tempfile.mkstemp(prefix=f".validation-{self.rank}-", suffix=".pth", dir=self.folder)
-        os.close(handle)
-        self.path = save_weights(self.module, name, self.model)
-        return self.path
-
-    def __exit__(self, *exc) -> None:
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
+@contextlib.contextmanager
+def _weights_file(module: torch.nn.Module, folder: Path, model: str, rank: int) -> Iterator[Path]:
+    """An official-format weights file of ``module`` in ``folder`` (one per process), removed on exit."""
+    path = save_weights(module, folder / f".validation-{rank}.pth", model)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)

@@ -65,8 +65,8 @@ def deterministic_mode(device: torch.device) -> Iterator[list[str]]:
 
     torch's deterministic algorithms, oneDNN's deterministic mode, cuDNN without
     autotuning and, on CUDA, cuBLAS with a fixed workspace. An op torch knows to be
-    non-deterministic (on CUDA: the backward passes of max-pooling and bilinear
-    upsampling) runs with a warning, which reaches ``train.log``; ``EXEMPT_OPS`` are
+    non-deterministic (on CUDA: the backward pass of bilinear interpolation)
+    runs with a warning, which reaches ``train.log``; ``EXEMPT_OPS`` are
     deterministic here and stay silent. CPU reductions are deterministic for a
     given number of threads, which the provenance record keeps.
     """

@@ -173,6 +173,29 @@ def test_matte_bad_input_is_a_4xx_naming_the_problem(client, files, fields, stat
     assert "Traceback" not in response.text
 
 
+def test_mutated_images_never_give_a_server_error(client):
+    """Truncations and byte flips of a PNG and a JPEG: every answer is a PNG or a 4xx naming the image."""
+    rng = np.random.default_rng(7)
+    seen = set()
+    jpeg = BytesIO()
+    Image.open(BytesIO(portrait_png(seed=5))).save(jpeg, format="JPEG", quality=90)
+    for seed_file in (portrait_png(seed=5), jpeg.getvalue()):
+        for _ in range(10):
+            data = bytearray(seed_file)
+            if rng.random() < 0.3:
+                data = data[: int(rng.integers(1, len(data)))]
+            for position in rng.integers(0, len(data), size=int(rng.integers(1, 8))):
+                data[position] = int(rng.integers(0, 256))
+            response = client.post("/v1/matte", files=upload(bytes(data)), data={"output": "alpha"})
+            assert response.status_code in (200, 400), response.text
+            seen.add(response.status_code)
+            if response.status_code == 400:
+                assert response.json()["error"].startswith("image: ")
+            else:
+                assert response.content.startswith(b"\x89PNG")
+    assert seen == {200, 400}  # both decodable damage and refused files were exercised
+
+
 def test_other_bad_requests(client):
     cases = [
         (client.post("/v1/matte", content=b"<x/>", headers={"Content-Type": "text/xml"}), 415, "content type"),
@@ -248,6 +271,18 @@ def test_failed_verification_is_422_without_an_image(client, monkeypatch):
     body = response.json()
     assert body["status"] == "not_anonymized" and body["verified"] is False and len(body["faces"]) == 1
     assert "still detected" in body["error"] and "image" not in body
+
+
+def test_a_failed_write_is_a_500_without_paths_or_traceback(client, monkeypatch):
+    import p3m.privacy.files as files
+
+    def full_disk(path, array, **options):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files, "save_image", full_disk)
+    response = client.post("/v1/anonymize", files=upload(portrait_png()))
+    assert response.status_code == 500
+    assert response.json() == {"error": "the anonymized image could not be written; the server log has the details"}
 
 
 def test_api_key_guards_every_route_but_health_and_the_page(matter):

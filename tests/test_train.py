@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -489,7 +490,7 @@ def test_default_run_starts_from_the_cached_imagenet_encoder_and_records_provena
 def test_imagenet_entries_are_listed_and_the_vitae_file_is_taken_from_its_folder(tmp_path, monkeypatch, capsys):
     import gdown
 
-    from p3m.weights import WeightsUnavailableError, cached_path, download
+    from p3m.weights import WeightsUnavailableError, cached_path, download, record_path, sha256_of
 
     monkeypatch.setenv("P3M_HOME", str(tmp_path / "home"))
     assert main(["weights", "list"]) == 0
@@ -511,14 +512,17 @@ def test_imagenet_entries_are_listed_and_the_vitae_file_is_taken_from_its_folder
         return [Listed("swin-id", "folder/swin_pretrained_epoch_299.pth"),
                 Listed("vitae-id", "folder/vitae_pretrained_ckpt.pth.tar")]
 
-    def fetch(id, output, quiet, timeout):
+    def fetch(id, output, quiet, timeout, **options):
         assert id == "vitae-id"
-        Path(output).write_bytes(published.read_bytes())
+        output.write(published.read_bytes())
 
     monkeypatch.setattr(gdown, "download_folder", listing)
     monkeypatch.setattr(gdown, "download", fetch)
     path = download("vitae-s-imagenet", quiet=True)
     assert path == cached_path("vitae-s-imagenet") and path.read_bytes() == published.read_bytes()
+    assert json.loads(record_path(path).read_text())["sha256"] == sha256_of(path)
+    assert main(["weights", "list"]) == 0
+    assert re.search(r"^vitae-s-imagenet +vitae_pretrained_ckpt\.pth\.tar +verified ", capsys.readouterr().out, re.M)
     good = path.read_bytes()
     partial = {key: value for key, value in encoder.items() if not key.startswith("layers.3")}
     torch.save({"state_dict_ema": partial}, published)  # a file that is not the whole encoder

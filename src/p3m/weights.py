@@ -1,30 +1,50 @@
-"""The official pretrained weights: cache location, download and verification.
+"""Pretrained weight files: cache location, download, and verification on every use.
 
 Two kinds of entries, named after the model: ``resnet34`` / ``vitae-s``, the
 P3M-Net weights trained on P3M-10k, and ``resnet34-imagenet`` /
 ``vitae-s-imagenet``, the ImageNet encoder weights the official training starts
-from (``p3m train``'s default initialisation). Files live in ``$P3M_HOME/weights`` (default ``$XDG_CACHE_HOME/p3m`` or
-``~/.cache/p3m``). A download goes to a temporary file beside the final one,
-is checked (recorded size/sha256 where known, and a strict load into the
-model), and only then renamed, so no half file is ever left under the final
-name.
+from (``p3m train``'s default initialisation).
+Files live in ``$P3M_HOME/weights`` (default ``$XDG_CACHE_HOME/p3m`` or
+``~/.cache/p3m``). The machinery works on any registry entry
+(:class:`~p3m.models.registry.PretrainedWeights`) with a ``check`` that proves
+a file is what it claims (for P3M-Net weights, a strict load into the model;
+for an ImageNet encoder, every learnable encoder tensor present with its shape).
+
+* A download goes through the one writer: checked (published size and
+  sha256 where known, then ``check``) before it is renamed into place.
+* Once a file passes, its size and sha256 are recorded beside it
+  (``<file>.verified.json``); every later use hashes the file again and
+  refuses it when it no longer matches (:class:`WeightsCorruptError`, with
+  ``p3m weights download --force`` as the remedy).
+* A file put into the cache by hand is checked on its first use and then
+  recorded the same way.
+* gdown's cookies are kept in ``$P3M_HOME/gdown-cookies.txt`` (or not kept at
+  all with gdown releases that cannot be told where).
 """
 from __future__ import annotations
 
 import hashlib
+import inspect
+import json
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 from p3m.models.registry import ModelSpec, PretrainedWeights, get_spec, list_models
 
 DOWNLOAD_TIMEOUT_S = 30
 IMAGENET_SUFFIX = "-imagenet"
+VERIFIED, CORRUPT, MISSING = "verified", "corrupt", "missing"
+Check = Callable[[Path], None]
 
 
 class WeightsUnavailableError(RuntimeError):
     """The weights are neither cached nor downloadable; the message says what to do."""
+
+
+class WeightsCorruptError(WeightsUnavailableError):
+    """A cached file no longer matches what was verified (or never passed its check)."""
 
 
 def home() -> Path:
@@ -34,51 +54,17 @@ def home() -> Path:
     return Path(cache).expanduser() / "p3m"
 
 
-@dataclass(frozen=True)
-class WeightsEntry:
-    """One downloadable file: a model's P3M-Net weights, or (``encoder_only``) its ImageNet encoder."""
-
-    name: str
-    spec: ModelSpec
-    weights: PretrainedWeights
-    encoder_only: bool
-
-    @property
-    def option(self) -> str:
-        """The command-line option that takes such a file instead."""
-        return "--backbone-weights" if self.encoder_only else "--weights"
+def cache_folder() -> Path:
+    return home() / "weights"
 
 
-def entry(name: str) -> WeightsEntry:
-    """The entry ``name`` (``resnet34``, ``resnet34-imagenet``, ...).
-
-    Raises:
-        KeyError: unknown model; WeightsUnavailableError: nothing published for it.
-    """
-    encoder_only = name.lower().endswith(IMAGENET_SUFFIX)
-    spec = get_spec(name[:-len(IMAGENET_SUFFIX)] if encoder_only else name)
-    weights = spec.imagenet_weights if encoder_only else spec.weights
-    label = f"{spec.name}{IMAGENET_SUFFIX}" if encoder_only else spec.name
-    if weights is None:
-        what = "ImageNet encoder weights" if encoder_only else "weights"
-        option = "--backbone-weights" if encoder_only else "--weights"
-        raise WeightsUnavailableError(f"model '{spec.name}' has no published {what}; pass a file with {option}")
-    return WeightsEntry(label, spec, weights, encoder_only)
+def cached_file(entry: PretrainedWeights) -> Path:
+    return cache_folder() / entry.file_name
 
 
-def entry_names() -> list[str]:
-    """Every downloadable entry, P3M-Net weights first, then ImageNet encoders."""
-    names = []
-    for model in list_models():
-        spec = get_spec(model)
-        names += [model] if spec.weights else []
-        names += [model + IMAGENET_SUFFIX] if spec.imagenet_weights else []
-    return names
-
-
-def cached_path(name: str) -> Path:
-    """Where the file of entry ``name`` (see :func:`entry`) is (or would be) cached."""
-    return home() / "weights" / entry(name).weights.file_name
+def record_path(path: Path) -> Path:
+    """The verification record kept beside a cached file."""
+    return path.with_name(path.name + ".verified.json")
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
@@ -89,73 +75,134 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def verify(path: Path, name: str) -> None:
-    """Check a weights file: recorded size and sha256 where known, then a strict load
-    (for an ImageNet encoder: every learnable encoder tensor present with its shape).
+def _check_published(path: Path, entry: PretrainedWeights) -> tuple[int, str]:
+    """(size, sha256) of ``path``, refused when they differ from the published ones."""
+    size = path.stat().st_size
+    if entry.size is not None and size != entry.size:
+        raise WeightsCorruptError(f"{path}: size {size} bytes, the published file has {entry.size}")
+    digest = sha256_of(path)
+    if entry.sha256 is not None and digest != entry.sha256:
+        raise WeightsCorruptError(f"{path}: sha256 differs from the published file's")
+    return size, digest
+
+
+def _read_record(path: Path) -> Optional[dict]:
+    try:
+        record = json.loads(record_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _write_record(path: Path, size: int, digest: str) -> None:
+    from p3m.io import write_text
+
+    write_text(record_path(path), json.dumps({"file": path.name, "size": size, "sha256": digest}) + "\n",
+               root=path.parent)
+
+
+def file_status(entry: PretrainedWeights, check: Check) -> tuple[str, str]:
+    """(``verified`` | ``corrupt`` | ``missing``, a reason for ``corrupt``) of a cached file.
+
+    A cached file without a record is checked now and recorded if it passes.
+    """
+    try:
+        ensure_verified(entry, check)
+    except WeightsCorruptError as error:
+        return CORRUPT, str(error)
+    except FileNotFoundError:
+        return MISSING, ""
+    return VERIFIED, ""
+
+
+def ensure_verified(entry: PretrainedWeights, check: Check) -> Path:
+    """The cached file of ``entry``, after checking it against its record (or checking and recording it).
 
     Raises:
-        p3m.checkpoint.CheckpointError, p3m.backbone.BackboneError or WeightsUnavailableError on any mismatch.
+        FileNotFoundError: not cached.
+        WeightsCorruptError: it differs from the record, or fails its check.
     """
-    from p3m.checkpoint import load_weights
+    path = cached_file(entry)
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    remedy = f"; replace it with `p3m weights download --force` or delete it"
+    try:
+        size, digest = _check_published(path, entry)
+    except WeightsCorruptError as error:
+        raise WeightsCorruptError(f"{error}{remedy}") from None
+    record = _read_record(path)
+    if record is not None:
+        if record.get("size") != size or record.get("sha256") != digest:
+            raise WeightsCorruptError(f"{path}: changed since it was verified (size or sha256 differ from "
+                                      f"{record_path(path).name}){remedy}")
+        return path
+    try:
+        check(path)
+    except (ValueError, WeightsUnavailableError) as error:
+        raise WeightsCorruptError(f"{str(error).rstrip('.')}{remedy}") from None
+    _write_record(path, size, digest)
+    return path
 
-    found = entry(name)
-    known = found.weights
-    if known.size is not None and path.stat().st_size != known.size:
-        raise WeightsUnavailableError(f"{path}: size {path.stat().st_size} bytes, expected {known.size}")
-    if known.sha256 is not None and sha256_of(path) != known.sha256:
-        raise WeightsUnavailableError(f"{path}: sha256 does not match the published file")
-    if found.encoder_only:
-        from p3m.backbone import BackboneError, load_backbone
 
-        report = load_backbone(found.spec.build(), path)
-        if not report.complete:
-            raise BackboneError(f"{path}: not the {found.spec.name} ImageNet encoder: "
-                                f"{report.summary().splitlines()[1].strip()}")
-    else:
-        load_weights(found.spec.build(), path, found.spec.name)
+def _gdown_options() -> dict:
+    """Keep gdown's cookies inside P3M_HOME: gdown otherwise keeps them in ~/.cache/gdown."""
+    import gdown
+
+    if "cookies_file" in inspect.signature(gdown.download).parameters:
+        return {"cookies_file": str(home() / "gdown-cookies.txt")}
+    return {"use_cookies": False}
 
 
-def download(name: str, force: bool = False, quiet: bool = False) -> Path:
-    """Download the file of entry ``name`` into the cache (progress bar on stderr).
+def download_file(entry: PretrainedWeights, check: Check, force: bool = False, quiet: bool = False,
+                  what: str = "", alternative: str = "--weights / Matter(weights=...)") -> Path:
+    """Download ``entry`` into the cache unless a verified copy is there; returns the cached path.
 
-    Returns the cached path. Raises WeightsUnavailableError with the URL, the cache
-    path and the ``--weights`` / ``--backbone-weights`` alternative when the download fails.
+    ``force`` downloads again even over a verified file (a corrupt one is always replaced).
+    Raises WeightsUnavailableError with the URL, the cache path and the alternative when it fails.
     """
     import gdown
 
-    found = entry(name)
-    target = cached_path(name)
-    if target.exists() and not force:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.part")
+    from p3m.io import OutputFolder
+
+    target = cached_file(entry)
+    if not force:
+        try:
+            return ensure_verified(entry, check)
+        except (FileNotFoundError, WeightsCorruptError):
+            pass
+    folder = OutputFolder(cache_folder())
+    sizes: dict[str, tuple[int, str]] = {}
+
     quiet = quiet or not sys.stderr.isatty()
-    try:
-        file_id = found.weights.google_drive_id
-        if found.weights.in_folder:
-            file_id = _file_in_folder(found.weights, quiet)
-        gdown.download(id=file_id, output=str(partial), quiet=quiet, timeout=DOWNLOAD_TIMEOUT_S)
-        if not partial.is_file():
+
+    def fetch(tmp: Path) -> None:
+        file_id = _file_in_folder(entry, quiet) if entry.in_folder else entry.google_drive_id
+        with open(tmp, "wb") as handle:
+            gdown.download(id=file_id, output=handle, quiet=quiet, timeout=DOWNLOAD_TIMEOUT_S, **_gdown_options())
+        if tmp.stat().st_size == 0:
             raise OSError("the server sent no file")
-        verify(partial, found.name)
-        os.replace(partial, target)
+        sizes["file"] = _check_published(tmp, entry)
+        check(tmp)
+
+    try:
+        record_path(target).unlink(missing_ok=True)
+        folder.write(target, fetch)
+        _write_record(target, *sizes["file"])
     except Exception as error:  # noqa: BLE001 - every failure becomes the same actionable message
-        raise WeightsUnavailableError(_unavailable_message(found.name, _reason(error))) from None
-    finally:
-        partial.unlink(missing_ok=True)
+        raise WeightsUnavailableError(_unavailable_message(entry, _reason(error), what, alternative)) from None
     return target
 
 
-def _file_in_folder(weights: PretrainedWeights, quiet: bool) -> str:
-    """The Google Drive id of ``weights.file_name`` in the shared folder ``weights.google_drive_id``."""
+def _file_in_folder(entry: PretrainedWeights, quiet: bool) -> str:
+    """The Google Drive id of ``entry.file_name`` in the shared folder ``entry.google_drive_id``."""
     import gdown
 
-    listed = gdown.download_folder(id=weights.google_drive_id, skip_download=True, quiet=quiet)
+    listed = gdown.download_folder(id=entry.google_drive_id, skip_download=True, quiet=quiet)
     for item in listed or []:
-        if Path(item.path).name == weights.file_name:
+        if Path(item.path).name == entry.file_name:
             return item.id
     names = ", ".join(sorted(Path(item.path).name for item in listed or [])) or "nothing"
-    raise OSError(f"the folder holds no {weights.file_name} (found {names})")
+    raise OSError(f"the folder holds no {entry.file_name} (found {names})")
 
 
 def _reason(error: Exception) -> str:
@@ -169,27 +216,124 @@ def _reason(error: Exception) -> str:
     return text.splitlines()[0][:200] if text else type(error).__name__
 
 
-def _unavailable_message(name: str, reason: str) -> str:
-    found = entry(name)
-    alternative = "--backbone-weights PATH" if found.encoder_only else "--weights / Matter(weights=...)"
+def _unavailable_message(entry: PretrainedWeights, reason: str, what: str = "",
+                         alternative: str = "--weights / Matter(weights=...)") -> str:
     return (
-        f"cannot download the '{found.name}' weights ({reason}). Download {found.weights.url} "
-        f"({found.weights.file_name}) by hand and either put it at {cached_path(found.name)} "
+        f"cannot download {what or entry.file_name} ({reason}). Download {entry.url} "
+        f"({entry.file_name}) by hand and either put it at {cached_file(entry)} "
         f"or pass its path with {alternative}"
     )
 
 
+# -- official weights by entry name: a model's P3M-Net weights, or NAME-imagenet for its ImageNet encoder
+
+def _split(name: str) -> tuple[ModelSpec, bool]:
+    """The model of entry ``name`` and whether the entry is its ImageNet encoder (KeyError: unknown model)."""
+    encoder_only = name.lower().endswith(IMAGENET_SUFFIX)
+    return get_spec(name[:-len(IMAGENET_SUFFIX)] if encoder_only else name), encoder_only
+
+
+def canonical_name(name: str) -> str:
+    """``name`` as the registry spells it (``resnet34``, ``vitae-s-imagenet``, ...); KeyError when unknown."""
+    spec, encoder_only = _split(name)
+    return spec.name + IMAGENET_SUFFIX if encoder_only else spec.name
+
+
+def entry_names() -> list[str]:
+    """Every downloadable entry, P3M-Net weights first, then ImageNet encoders."""
+    names = []
+    for model in list_models():
+        spec = get_spec(model)
+        names += [model] if spec.weights else []
+        names += [model + IMAGENET_SUFFIX] if spec.imagenet_weights else []
+    return names
+
+
+def entry(name: str) -> PretrainedWeights:
+    """The published file of entry ``name``.
+
+    Raises:
+        KeyError: unknown model; WeightsUnavailableError: nothing published for it.
+    """
+    spec, encoder_only = _split(name)
+    weights = spec.imagenet_weights if encoder_only else spec.weights
+    if weights is None:
+        what = "ImageNet encoder weights" if encoder_only else "weights"
+        option = "--backbone-weights" if encoder_only else "--weights"
+        raise WeightsUnavailableError(f"model '{spec.name}' has no published {what}; pass a file with {option}")
+    return weights
+
+
+def _alternative(name: str) -> str:
+    """How to pass a file instead of entry ``name``."""
+    return "--backbone-weights PATH" if _split(name)[1] else "--weights / Matter(weights=...)"
+
+
+def _model_check(name: str) -> Check:
+    spec, encoder_only = _split(name)
+
+    def check(path: Path) -> None:
+        from p3m.checkpoint import load_weights
+
+        load_weights(spec.build(), path, spec.name)
+
+    def check_encoder(path: Path) -> None:
+        from p3m.backbone import BackboneError, load_backbone
+
+        report = load_backbone(spec.build(), path)
+        if not report.complete:
+            raise BackboneError(f"{path}: not the {spec.name} ImageNet encoder: "
+                                f"{report.summary().splitlines()[1].strip()}")
+    return check_encoder if encoder_only else check
+
+
+def cached_path(name: str) -> Path:
+    """Where the file of entry ``name`` (``resnet34``, ``resnet34-imagenet``, ...) is (or would be) cached."""
+    return cached_file(entry(name))
+
+
+def verify(path: Path, name: str) -> None:
+    """Check a weights file: published size and sha256 where known, then a strict load
+    (for an ImageNet encoder: every learnable encoder tensor present with its shape).
+
+    Raises:
+        p3m.checkpoint.CheckpointError, p3m.backbone.BackboneError or WeightsUnavailableError on any mismatch.
+    """
+    _check_published(path, entry(name))
+    _model_check(name)(path)
+
+
+def status(name: str) -> tuple[str, str]:
+    """(``verified`` | ``corrupt`` | ``missing``, reason) of the cached file of entry ``name``."""
+    return file_status(entry(name), _model_check(name))
+
+
+def download(name: str, force: bool = False, quiet: bool = False) -> Path:
+    """Download the file of entry ``name`` into the cache (progress bar on stderr)."""
+    name = canonical_name(name)
+    return download_file(entry(name), _model_check(name), force, quiet, f"the '{name}' weights", _alternative(name))
+
+
 def resolve(model_name: str, weights: str | os.PathLike | None = None, allow_download: bool = True) -> Path:
-    """The weights file to load: ``weights`` if given, else the cache, else a download.
-    ``model_name`` is an entry name (``resnet34``, ``resnet34-imagenet``, ...)."""
+    """The weights file to load: ``weights`` if given, else the verified cache, else a download.
+    ``model_name`` is an entry name (``resnet34``, ``resnet34-imagenet``, ...).
+
+    Raises:
+        WeightsCorruptError: the cached file fails verification.
+        WeightsUnavailableError: not cached and the download is off or fails.
+    """
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
             raise WeightsUnavailableError(f"{path}: no such weights file")
         return path
-    cached = cached_path(model_name)
-    if cached.is_file():
-        return cached
+    published = entry(model_name)
+    try:
+        return ensure_verified(published, _model_check(model_name))
+    except FileNotFoundError:
+        pass
     if not allow_download:
-        raise WeightsUnavailableError(_unavailable_message(model_name, "not cached and downloads are off"))
+        name = canonical_name(model_name)
+        raise WeightsUnavailableError(_unavailable_message(published, "not cached and downloads are off",
+                                                           f"the '{name}' weights", _alternative(name)))
     return download(model_name)

@@ -12,11 +12,12 @@ def add_parser(subparsers) -> None:
                                    description="The official P3M-Net weights, cached under $P3M_HOME/weights "
                                                "(default ~/.cache/p3m/weights).")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    actions.add_parser("list", help="weight files (P3M-Net and ImageNet encoders) and whether they are cached"
+    actions.add_parser("list", help="weight files (P3M-Net and ImageNet encoders) and whether each is verified, corrupt or missing"
                        ).set_defaults(handler=list_weights)
     download = actions.add_parser("download", help="download weights into the cache")
     download.add_argument("name", help="entry name, e.g. resnet34 or resnet34-imagenet (see 'p3m weights list')")
-    download.add_argument("--force", action="store_true", help="download again even if cached")
+    download.add_argument("--force", action="store_true",
+                          help="download again even over a verified file (a corrupt one is always replaced)")
     download.set_defaults(handler=download_weights)
     path = actions.add_parser("path", help="print where a model's weights are cached")
     path.add_argument("name")
@@ -24,14 +25,17 @@ def add_parser(subparsers) -> None:
 
 
 def list_weights(args: argparse.Namespace) -> int:
+    """Each entry's file and its state: verified (matches its record), corrupt (with why) or missing."""
     from p3m.models.registry import list_models
-    from p3m.weights import cached_path, entry, entry_names
+    from p3m.weights import CORRUPT, entry, entry_names, status
 
     names = entry_names()
     for name in names:
-        weights = entry(name).weights
-        state = "cached" if cached_path(name).is_file() else "not cached"
-        print(f"{name:<18} {weights.file_name:<40} {state:<11} {weights.url}")
+        state, reason = status(name)
+        published = entry(name)
+        print(f"{name:<18} {published.file_name:<40} {state:<9} {published.url}")
+        if state == CORRUPT:
+            print(f"{'':<18} {reason}")
     for model in list_models():
         if model not in names:
             print(f"{model:<18} (no published weights)")
@@ -57,11 +61,13 @@ def weights_path(args: argparse.Namespace) -> int:
 
 
 def _known(name: str) -> str:
-    from p3m.weights import WeightsUnavailableError, entry
+    from p3m.weights import WeightsUnavailableError, canonical_name, entry
 
     try:
-        return entry(name).name
+        known = canonical_name(name)
+        entry(known)
     except KeyError as error:
         raise CommandError(str(error).strip("'\"")) from None
     except WeightsUnavailableError as error:
         raise CommandError(str(error)) from None
+    return known

@@ -557,8 +557,9 @@ def _anonymize_job(data: bytes, method: str, threshold: float):
         source, output = Path(folder, f"upload{suffix}"), Path(folder, f"anonymized{suffix}")
         atomic_write(source, lambda tmp: tmp.write_bytes(data))
         report = anonymize_file(source, output, method=method, threshold=threshold)
-        if report.status == "error":
-            raise ApiError(400, (report.error or "cannot anonymize").replace(str(source), "image"))
+        if report.status == "error":  # the upload decoded above, so this is the server's own failure
+            LOG.error("anonymize: %s", report.error)
+            raise ApiError(500, "the anonymized image could not be written; the server log has the details")
         content = output.read_bytes() if report.output is not None else None
     return report, content, media_type
 

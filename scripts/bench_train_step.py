@@ -6,6 +6,11 @@ of one training sample (decode, online trimap, crop, flip, resize).
 
     python scripts/bench_train_step.py --size 512 --batch 2 --steps 5 --threads 2
     python scripts/bench_train_step.py --device cuda --precision bf16 --batch 8
+    python scripts/bench_train_step.py --size 256 --batch 2 --steps 6 --threads 2 --compare-deterministic
+
+``--compare-deterministic`` alternates default steps and steps under
+``p3m train --deterministic``'s settings, in one process, and prints the ratio
+of their medians.
 """
 from __future__ import annotations
 
@@ -30,6 +35,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     parser.add_argument("--data", metavar="ROOT", help="also time sample loading from this dataset")
+    parser.add_argument("--compare-deterministic", action="store_true",
+                        help="alternate default and deterministic steps; print both medians and their ratio")
     args = parser.parse_args()
 
     if args.threads:
@@ -62,11 +69,26 @@ def main() -> None:
             torch.cuda.synchronize(device)
         return time.perf_counter() - start
 
+    print(f"model {args.model}, {args.size} px, batch {args.batch}, {args.precision}, device {device}, "
+          f"torch threads {torch.get_num_threads()}")
+    if args.compare_deterministic:
+        from p3m.train.state import deterministic_mode
+
+        def deterministic_step() -> float:
+            with deterministic_mode(device):
+                return step()
+
+        for _ in range(args.warmup):
+            step()
+            deterministic_step()
+        pairs = [(step(), deterministic_step()) for _ in range(args.steps)]
+        default, deterministic = (statistics.median(column) for column in zip(*pairs))
+        print(f"median default {default:.3f} s/step, deterministic {deterministic:.3f} s/step, "
+              f"ratio {deterministic / default:.2f}")
+        return
     for _ in range(args.warmup):
         step()
     times = [step() for _ in range(args.steps)]
-    print(f"model {args.model}, {args.size} px, batch {args.batch}, {args.precision}, device {device}, "
-          f"torch threads {torch.get_num_threads()}")
     print("step times (s): " + ", ".join(f"{t:.2f}" for t in times))
     print(f"median {statistics.median(times):.2f} s/step, {args.batch / statistics.median(times):.2f} samples/s")
     if device.type == "cuda":

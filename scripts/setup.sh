@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Set up a development environment in .venv: the CPU build of PyTorch first
-# (any other torch requirement would pull several GB of CUDA packages), then
-# p3m itself, editable, with the test extras and every optional extra (torch,
-# onnx, serve, ikomia, video: so the tests of each integration run), and Debian's chromium for the browser test of
-# the server's page (Playwright drives it; it cannot download its own browser here).
+# Set up a development environment in .venv: PyTorch 2.13.0 first, pinned (the
+# build is the package index's: a CPU wheel on the project's machines, where any
+# other torch requirement would pull several GB of CUDA packages), then p3m
+# itself, editable, with the test extras and every optional extra (so the tests
+# of each integration run), and Debian's chromium for the browser test of the
+# server's page (Playwright drives it; it cannot download its own browser here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v chromium >/dev/null 2>&1; then

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -158,15 +159,15 @@ def test_anonymize_does_not_write_through_a_symlinked_subfolder(tmp_path, capsys
 
 def test_training_logs_are_not_appended_through_links(tmp_path):
     from p3m.io import UnsafeOutputError
-    from p3m.train.trainer import TEXT_LOG, _log_function
     from p3m.train.distributed import DistInfo
+    from p3m.train.logs import TEXT_LOG, run_logger
 
     victim = tmp_path / "victim.txt"
     victim.write_text("keep\n")
     run = tmp_path / "run"
     run.mkdir()
     (run / TEXT_LOG).symlink_to(victim)
-    log = _log_function(DistInfo(), run)
+    log = run_logger(DistInfo(), run)
     with pytest.raises(UnsafeOutputError, match="symbolic link"):
         log("hello")
     assert victim.read_text() == "keep\n"
@@ -419,7 +420,7 @@ def test_weights_are_recorded_on_download_and_checked_on_every_use(weights_home,
 
     home, calls = weights_home
     assert main(["weights", "list"]) == 0
-    assert "resnet34   p3mnet_pretrained_on_p3m10k.pth          missing" in capsys.readouterr().out
+    assert re.search(r"^resnet34 +p3mnet_pretrained_on_p3m10k\.pth +missing ", capsys.readouterr().out, re.M)
     assert main(["weights", "download", "resnet34"]) == 0
     cached = cached_path("resnet34")
     record = json.loads(record_path(cached).read_text())

@@ -23,6 +23,9 @@ from p3m.io import atomic_write
 from p3m.models.registry import ModelSpec, get_spec, list_models
 
 PathLike = Union[str, os.PathLike]
+# Where p3m keeps the optional keys (ViTAE-S Performer features) it saves: beside the
+# state dict, which the official code loads strictly and which has no such keys.
+OPTIONAL_TENSORS = "p3m_optional_tensors"
 # weights_only=True is bypassable before 2.6 (CVE-2025-32434) and has memory-safety fixes up to 2.10.
 MIN_TORCH = (2, 10)
 
@@ -113,7 +116,8 @@ def load_weights(model: nn.Module, path: PathLike, model_name: str,
     spec = get_spec(model_name)
     path = Path(path)
     try:
-        official = official_state_dict(read_checkpoint(path) if content is None else content)
+        content = read_checkpoint(path) if content is None else content
+        official = official_state_dict(content)
     except ValueError as error:
         if isinstance(error, CheckpointError):
             raise
@@ -137,14 +141,19 @@ def load_weights(model: nn.Module, path: PathLike, model_name: str,
             f"{path}: {len(misshapen)} tensors have the wrong shape for '{spec.name}' "
             f"(e.g. {key}: {tuple(official[key].shape)} in the file, {tuple(expected[key].shape)} expected)"
         )
-    non_finite = sorted(key for key in expected if key in official and official[key].is_floating_point()
-                        and not bool(torch.isfinite(official[key]).all()))
+    # Optional keys the state dict omits come from beside it (as p3m saves them), else keep
+    # the model's own values (e.g. seeded Performer features).
+    saved = content.get(OPTIONAL_TENSORS) if isinstance(content.get(OPTIONAL_TENSORS), Mapping) else {}
+    official = {key: value for key, value in official.items() if key in expected}
+    for key in set(expected) - set(official):
+        value = saved.get(key)
+        usable = isinstance(value, torch.Tensor) and value.shape == expected[key].shape
+        official[key] = value if usable else expected[key]
+    non_finite = sorted(key for key, value in official.items() if value.is_floating_point()
+                        and not bool(torch.isfinite(value).all()))
     if non_finite:
         raise CheckpointError(f"{path}: refused: {len(non_finite)} tensors hold NaN or infinite values "
                               f"(e.g. {non_finite[0]}); a diverged run or a corrupt file")
-    # Optional keys the file omits keep the model's own values (e.g. seeded Performer features).
-    official = {key: value for key, value in official.items() if key in expected}
-    official.update({key: expected[key] for key in set(expected) - set(official)})
     model.load_state_dict(spec.from_official(official), strict=True)
     return model
 
@@ -155,11 +164,15 @@ def save_weights(model: nn.Module, path: PathLike, model_name: str, extra: Mappi
     in :func:`p3m.io.atomic_write`).
 
     The official code reads such a file with ``load_state_dict(ckpt["state_dict"], strict=True)``.
+    Optional keys (the ViTAE-S Performer features) go beside it, under ``OPTIONAL_TENSORS``,
+    so that :func:`load_weights` restores the very model that was saved.
     """
     spec = get_spec(model_name)
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     # Aliased official keys (the ResNet-34 encoder is registered twice) share one
     # CPU tensor, so the file stores them once, as official files do.
-    official = {key: value for key, value in spec.to_official(state).items() if not spec.optional_key(key)}
-    content = {"state_dict": official, **(extra or {})}
+    everything = spec.to_official(state)
+    official = {key: value for key, value in everything.items() if not spec.optional_key(key)}
+    optional = {key: value for key, value in everything.items() if spec.optional_key(key)}
+    content = {"state_dict": official, **({OPTIONAL_TENSORS: optional} if optional else {}), **(extra or {})}
     return atomic_write(path, lambda tmp: torch.save(content, tmp), **guards)

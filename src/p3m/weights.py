@@ -1,9 +1,14 @@
 """Pretrained weight files: cache location, download, and verification on every use.
 
+Two kinds of entries, named after the model: ``resnet34`` / ``vitae-s``, the
+P3M-Net weights trained on P3M-10k, and ``resnet34-imagenet`` /
+``vitae-s-imagenet``, the ImageNet encoder weights the official training starts
+from (``p3m train``'s default initialisation).
 Files live in ``$P3M_HOME/weights`` (default ``$XDG_CACHE_HOME/p3m`` or
 ``~/.cache/p3m``). The machinery works on any registry entry
 (:class:`~p3m.models.registry.PretrainedWeights`) with a ``check`` that proves
-a file is what it claims (for P3M-Net weights, a strict load into the model).
+a file is what it claims (for P3M-Net weights, a strict load into the model;
+for an ImageNet encoder, every learnable encoder tensor present with its shape).
 
 * A download goes through the one writer: checked (published size and
   sha256 where known, then ``check``) before it is renamed into place.
@@ -26,9 +31,10 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-from p3m.models.registry import PretrainedWeights, get_spec
+from p3m.models.registry import ModelSpec, PretrainedWeights, get_spec, list_models
 
 DOWNLOAD_TIMEOUT_S = 30
+IMAGENET_SUFFIX = "-imagenet"
 VERIFIED, CORRUPT, MISSING = "verified", "corrupt", "missing"
 Check = Callable[[Path], None]
 
@@ -148,7 +154,7 @@ def _gdown_options() -> dict:
 
 
 def download_file(entry: PretrainedWeights, check: Check, force: bool = False, quiet: bool = False,
-                  what: str = "") -> Path:
+                  what: str = "", alternative: str = "--weights / Matter(weights=...)") -> Path:
     """Download ``entry`` into the cache unless a verified copy is there; returns the cached path.
 
     ``force`` downloads again even over a verified file (a corrupt one is always replaced).
@@ -167,10 +173,12 @@ def download_file(entry: PretrainedWeights, check: Check, force: bool = False, q
     folder = OutputFolder(cache_folder())
     sizes: dict[str, tuple[int, str]] = {}
 
+    quiet = quiet or not sys.stderr.isatty()
+
     def fetch(tmp: Path) -> None:
+        file_id = _file_in_folder(entry, quiet) if entry.in_folder else entry.google_drive_id
         with open(tmp, "wb") as handle:
-            gdown.download(id=entry.google_drive_id, output=handle, quiet=quiet or not sys.stderr.isatty(),
-                           timeout=DOWNLOAD_TIMEOUT_S, **_gdown_options())
+            gdown.download(id=file_id, output=handle, quiet=quiet, timeout=DOWNLOAD_TIMEOUT_S, **_gdown_options())
         if tmp.stat().st_size == 0:
             raise OSError("the server sent no file")
         sizes["file"] = _check_published(tmp, entry)
@@ -181,8 +189,20 @@ def download_file(entry: PretrainedWeights, check: Check, force: bool = False, q
         folder.write(target, fetch)
         _write_record(target, *sizes["file"])
     except Exception as error:  # noqa: BLE001 - every failure becomes the same actionable message
-        raise WeightsUnavailableError(_unavailable_message(entry, _reason(error), what)) from None
+        raise WeightsUnavailableError(_unavailable_message(entry, _reason(error), what, alternative)) from None
     return target
+
+
+def _file_in_folder(entry: PretrainedWeights, quiet: bool) -> str:
+    """The Google Drive id of ``entry.file_name`` in the shared folder ``entry.google_drive_id``."""
+    import gdown
+
+    listed = gdown.download_folder(id=entry.google_drive_id, skip_download=True, quiet=quiet)
+    for item in listed or []:
+        if Path(item.path).name == entry.file_name:
+            return item.id
+    names = ", ".join(sorted(Path(item.path).name for item in listed or [])) or "nothing"
+    raise OSError(f"the folder holds no {entry.file_name} (found {names})")
 
 
 def _reason(error: Exception) -> str:
@@ -196,60 +216,107 @@ def _reason(error: Exception) -> str:
     return text.splitlines()[0][:200] if text else type(error).__name__
 
 
-def _unavailable_message(entry: PretrainedWeights, reason: str, what: str = "") -> str:
+def _unavailable_message(entry: PretrainedWeights, reason: str, what: str = "",
+                         alternative: str = "--weights / Matter(weights=...)") -> str:
     return (
         f"cannot download {what or entry.file_name} ({reason}). Download {entry.url} "
         f"({entry.file_name}) by hand and either put it at {cached_file(entry)} "
-        f"or pass its path with --weights / Matter(weights=...)"
+        f"or pass its path with {alternative}"
     )
 
 
-# -- P3M-Net weights by model name
+# -- official weights by entry name: a model's P3M-Net weights, or NAME-imagenet for its ImageNet encoder
 
-def _entry(model_name: str) -> PretrainedWeights:
-    spec = get_spec(model_name)
-    if spec.weights is None:
-        raise WeightsUnavailableError(f"model '{spec.name}' has no published weights; pass a file with --weights")
-    return spec.weights
+def _split(name: str) -> tuple[ModelSpec, bool]:
+    """The model of entry ``name`` and whether the entry is its ImageNet encoder (KeyError: unknown model)."""
+    encoder_only = name.lower().endswith(IMAGENET_SUFFIX)
+    return get_spec(name[:-len(IMAGENET_SUFFIX)] if encoder_only else name), encoder_only
 
 
-def _model_check(model_name: str) -> Check:
+def canonical_name(name: str) -> str:
+    """``name`` as the registry spells it (``resnet34``, ``vitae-s-imagenet``, ...); KeyError when unknown."""
+    spec, encoder_only = _split(name)
+    return spec.name + IMAGENET_SUFFIX if encoder_only else spec.name
+
+
+def entry_names() -> list[str]:
+    """Every downloadable entry, P3M-Net weights first, then ImageNet encoders."""
+    names = []
+    for model in list_models():
+        spec = get_spec(model)
+        names += [model] if spec.weights else []
+        names += [model + IMAGENET_SUFFIX] if spec.imagenet_weights else []
+    return names
+
+
+def entry(name: str) -> PretrainedWeights:
+    """The published file of entry ``name``.
+
+    Raises:
+        KeyError: unknown model; WeightsUnavailableError: nothing published for it.
+    """
+    spec, encoder_only = _split(name)
+    weights = spec.imagenet_weights if encoder_only else spec.weights
+    if weights is None:
+        what = "ImageNet encoder weights" if encoder_only else "weights"
+        option = "--backbone-weights" if encoder_only else "--weights"
+        raise WeightsUnavailableError(f"model '{spec.name}' has no published {what}; pass a file with {option}")
+    return weights
+
+
+def _alternative(name: str) -> str:
+    """How to pass a file instead of entry ``name``."""
+    return "--backbone-weights PATH" if _split(name)[1] else "--weights / Matter(weights=...)"
+
+
+def _model_check(name: str) -> Check:
+    spec, encoder_only = _split(name)
+
     def check(path: Path) -> None:
         from p3m.checkpoint import load_weights
 
-        spec = get_spec(model_name)
         load_weights(spec.build(), path, spec.name)
-    return check
+
+    def check_encoder(path: Path) -> None:
+        from p3m.backbone import BackboneError, load_backbone
+
+        report = load_backbone(spec.build(), path)
+        if not report.complete:
+            raise BackboneError(f"{path}: not the {spec.name} ImageNet encoder: "
+                                f"{report.summary().splitlines()[1].strip()}")
+    return check_encoder if encoder_only else check
 
 
-def cached_path(model_name: str) -> Path:
-    """Where the official weights of ``model_name`` are (or would be) cached."""
-    return cached_file(_entry(model_name))
+def cached_path(name: str) -> Path:
+    """Where the file of entry ``name`` (``resnet34``, ``resnet34-imagenet``, ...) is (or would be) cached."""
+    return cached_file(entry(name))
 
 
-def verify(path: Path, model_name: str) -> None:
-    """Check a weights file: published size and sha256 where known, then a strict load.
+def verify(path: Path, name: str) -> None:
+    """Check a weights file: published size and sha256 where known, then a strict load
+    (for an ImageNet encoder: every learnable encoder tensor present with its shape).
 
     Raises:
-        p3m.checkpoint.CheckpointError or WeightsUnavailableError on any mismatch.
+        p3m.checkpoint.CheckpointError, p3m.backbone.BackboneError or WeightsUnavailableError on any mismatch.
     """
-    _check_published(path, _entry(model_name))
-    _model_check(model_name)(path)
+    _check_published(path, entry(name))
+    _model_check(name)(path)
 
 
-def status(model_name: str) -> tuple[str, str]:
-    """(``verified`` | ``corrupt`` | ``missing``, reason) of the cached official weights."""
-    return file_status(_entry(model_name), _model_check(model_name))
+def status(name: str) -> tuple[str, str]:
+    """(``verified`` | ``corrupt`` | ``missing``, reason) of the cached file of entry ``name``."""
+    return file_status(entry(name), _model_check(name))
 
 
-def download(model_name: str, force: bool = False, quiet: bool = False) -> Path:
-    """Download the official weights of ``model_name`` into the cache (progress bar on stderr)."""
-    spec = get_spec(model_name)
-    return download_file(_entry(spec.name), _model_check(spec.name), force, quiet, f"the '{spec.name}' weights")
+def download(name: str, force: bool = False, quiet: bool = False) -> Path:
+    """Download the file of entry ``name`` into the cache (progress bar on stderr)."""
+    name = canonical_name(name)
+    return download_file(entry(name), _model_check(name), force, quiet, f"the '{name}' weights", _alternative(name))
 
 
 def resolve(model_name: str, weights: str | os.PathLike | None = None, allow_download: bool = True) -> Path:
     """The weights file to load: ``weights`` if given, else the verified cache, else a download.
+    ``model_name`` is an entry name (``resnet34``, ``resnet34-imagenet``, ...).
 
     Raises:
         WeightsCorruptError: the cached file fails verification.
@@ -260,12 +327,13 @@ def resolve(model_name: str, weights: str | os.PathLike | None = None, allow_dow
         if not path.is_file():
             raise WeightsUnavailableError(f"{path}: no such weights file")
         return path
-    entry = _entry(model_name)
+    published = entry(model_name)
     try:
-        return ensure_verified(entry, _model_check(model_name))
+        return ensure_verified(published, _model_check(model_name))
     except FileNotFoundError:
         pass
     if not allow_download:
-        raise WeightsUnavailableError(_unavailable_message(entry, "not cached and downloads are off",
-                                                           f"the '{get_spec(model_name).name}' weights"))
+        name = canonical_name(model_name)
+        raise WeightsUnavailableError(_unavailable_message(published, "not cached and downloads are off",
+                                                           f"the '{name}' weights", _alternative(name)))
     return download(model_name)

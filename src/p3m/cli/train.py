@@ -13,6 +13,7 @@ _FLAGS = {
     "precision": "precision", "backbone_weights": "backbone_weights", "weights": "weights",
     "workers": "workers", "seed": "seed", "log_every": "log_every", "checkpoint_every": "checkpoint_every",
     "validate_every": "validate_every", "val_max_images": "val_max_images", "composition": "composition",
+    "deterministic": "deterministic",
 }
 
 
@@ -22,10 +23,13 @@ def add_parser(subparsers) -> None:
         help="train or fine-tune P3M-Net on face-blurred data (P3M-10k layout)",
         description="Train P3M-Net with the papers' losses and augmentation on a dataset in the P3M-10k layout "
                     "(ROOT/train/blurred_image + mask; fg/bg enable the composition loss). Defaults are the "
-                    "papers' schedule (Adam, lr 1e-5, batch 8, 150 epochs, 512 px). Run under "
+                    "papers' recipe (ImageNet-initialised encoder, downloaded once; Adam, lr 1e-5, batch 8, "
+                    "150 epochs, 512 px). Run under "
                     "`torchrun --nproc_per_node N -m p3m train ...` for multi-GPU (or multi-process CPU) training.",
         epilog="Examples:\n"
+               "  p3m train --data P3M-10k --output runs/r34\n"
                "  p3m train --data P3M-10k --output runs/r34 --backbone-weights r34mp_pretrained_imagenet.pth.tar\n"
+               "  p3m train --data demo --output runs/demo --backbone-weights none --deterministic --seed 3\n"
                "  p3m train --data my-blurred-set --output runs/ft --weights official --epochs 10 --lr 5e-6\n"
                "  p3m train --output runs/r34 --data P3M-10k --resume\n"
                "  torchrun --nproc_per_node 4 -m p3m train --data P3M-10k --output runs/r34 --batch-size 32",
@@ -36,10 +40,14 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--config", metavar="FILE.yaml", help="settings file (see p3m/configs/p3m10k_resnet34.yaml)")
     parser.add_argument("--resume", nargs="?", const="", metavar="FILE",
                         help="continue a run from DIR/last.pth (or FILE); its saved config is the base")
+    parser.add_argument("--force", action="store_true",
+                        help="resume even though the training files or the settings of a step changed")
     model = parser.add_argument_group("model")
     model.add_argument("--model", help="registry name: resnet34 (default), vitae-s")
-    model.add_argument("--backbone-weights", metavar="FILE",
-                       help="ImageNet encoder weights (r34mp_pretrained_imagenet.pth.tar or torchvision ResNet-34)")
+    model.add_argument("--backbone-weights", metavar="FILE|imagenet|none",
+                       help="encoder initialisation: imagenet (default: the official ImageNet file, downloaded once; "
+                            "see 'p3m weights list'), a file (e.g. r34mp_pretrained_imagenet.pth.tar, torchvision "
+                            "ResNet-34), or none (random)")
     model.add_argument("--weights", metavar="FILE",
                        help="start from a full P3M-Net checkpoint (fine-tuning); 'official' for the released weights")
     optim = parser.add_argument_group("schedule")
@@ -51,6 +59,9 @@ def add_parser(subparsers) -> None:
     optim.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="default fp32")
     optim.add_argument("--device", help="auto (CUDA when present, else CPU; the default), cpu, cuda, cuda:N, mps")
     optim.add_argument("--seed", type=int, help="default 0")
+    optim.add_argument("--deterministic", action="store_true", default=None,
+                       help="bit-identical reruns and resumes (same seed, data, threads; CPU, CUDA as far as torch "
+                            "allows); slower")
     data = parser.add_argument_group("data and logging")
     data.add_argument("--workers", type=int, metavar="N", help="data-loader processes per training process (default 4)")
     data.add_argument("--composition", choices=("auto", "on", "off"),
@@ -96,11 +107,12 @@ def resolve_config(args):
 
 
 def run(args) -> int:
+    from p3m.backbone import BackboneError
     from p3m.checkpoint import CheckpointError
-    from p3m.train.backbone import BackboneError
     from p3m.train.config import ConfigError
     from p3m.train.dataset import DatasetError
-    from p3m.train.trainer import LAST, TrainingError, train
+    from p3m.train.run import train
+    from p3m.train.trainer import LAST, TrainingError
     from p3m.weights import WeightsUnavailableError
 
     try:
@@ -117,7 +129,7 @@ def run(args) -> int:
         raise CommandError(f"{config.output} already holds a run ({LAST}); continue it with --resume "
                            f"or choose another --output")
     try:
-        result = train(config, resume)
+        result = train(config, resume, force=args.force)
     except (ConfigError, DatasetError, TrainingError, BackboneError, CheckpointError,
             WeightsUnavailableError) as error:
         raise CommandError(str(error)) from None

@@ -1,4 +1,5 @@
-"""``p3m weights list | download NAME | path NAME``: the official pretrained weights."""
+"""``p3m weights list | download NAME | path NAME``: the official pretrained weights
+(P3M-Net on P3M-10k, and the ImageNet encoders ``NAME-imagenet`` training starts from)."""
 from __future__ import annotations
 
 import argparse
@@ -11,10 +12,10 @@ def add_parser(subparsers) -> None:
                                    description="The official P3M-Net weights, cached under $P3M_HOME/weights "
                                                "(default ~/.cache/p3m/weights).")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    actions.add_parser("list", help="models, their weight files and whether each is verified, corrupt or missing"
+    actions.add_parser("list", help="weight files (P3M-Net and ImageNet encoders) and whether each is verified, corrupt or missing"
                        ).set_defaults(handler=list_weights)
-    download = actions.add_parser("download", help="download a model's weights into the cache")
-    download.add_argument("name", help="model name (see 'p3m weights list')")
+    download = actions.add_parser("download", help="download weights into the cache")
+    download.add_argument("name", help="entry name, e.g. resnet34 or resnet34-imagenet (see 'p3m weights list')")
     download.add_argument("--force", action="store_true",
                           help="download again even over a verified file (a corrupt one is always replaced)")
     download.set_defaults(handler=download_weights)
@@ -24,19 +25,20 @@ def add_parser(subparsers) -> None:
 
 
 def list_weights(args: argparse.Namespace) -> int:
-    """Each model's file and its state: verified (matches its record), corrupt (with why) or missing."""
-    from p3m.models.registry import get_spec, list_models
-    from p3m.weights import CORRUPT, status
+    """Each entry's file and its state: verified (matches its record), corrupt (with why) or missing."""
+    from p3m.models.registry import list_models
+    from p3m.weights import CORRUPT, entry, entry_names, status
 
-    for name in list_models():
-        spec = get_spec(name)
-        if spec.weights is None:
-            print(f"{name:<10} (no published weights)")
-            continue
+    names = entry_names()
+    for name in names:
         state, reason = status(name)
-        print(f"{name:<10} {spec.weights.file_name:<40} {state:<9} {spec.weights.url}")
+        published = entry(name)
+        print(f"{name:<18} {published.file_name:<40} {state:<9} {published.url}")
         if state == CORRUPT:
-            print(f"           {reason}")
+            print(f"{'':<18} {reason}")
+    for model in list_models():
+        if model not in names:
+            print(f"{model:<18} (no published weights)")
     return 0
 
 
@@ -59,9 +61,13 @@ def weights_path(args: argparse.Namespace) -> int:
 
 
 def _known(name: str) -> str:
-    from p3m.models.registry import get_spec
+    from p3m.weights import WeightsUnavailableError, canonical_name, entry
 
     try:
-        return get_spec(name).name
+        known = canonical_name(name)
+        entry(known)
     except KeyError as error:
         raise CommandError(str(error).strip("'\"")) from None
+    except WeightsUnavailableError as error:
+        raise CommandError(str(error)) from None
+    return known

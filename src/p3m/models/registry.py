@@ -20,16 +20,23 @@ StateDict = dict
 
 @dataclass(frozen=True)
 class PretrainedWeights:
-    """Where the official pretrained weights of a variant come from."""
+    """Where official pretrained weights come from.
+
+    ``google_drive_id`` is the file's id, or, with ``in_folder``, the id of a shared
+    Google Drive folder holding a file named ``file_name``.
+    """
 
     file_name: str
     google_drive_id: str
     sha256: str | None = None
     size: int | None = None
     license: str = "MIT (official P3M release)"
+    in_folder: bool = False
 
     @property
     def url(self) -> str:
+        if self.in_folder:
+            return f"https://drive.google.com/drive/folders/{self.google_drive_id}"
         return f"https://drive.google.com/uc?id={self.google_drive_id}"
 
 
@@ -42,7 +49,8 @@ class ModelSpec:
     and the official checkpoint's keys. ``signature_key`` is an official key
     found only in this variant's checkpoints (used to name the likely variant
     of a mismatching file). ``optional_key`` accepts official keys a file may
-    carry or omit (e.g. ViTAE-S Performer features).
+    carry or omit (e.g. ViTAE-S Performer features). ``imagenet_weights`` is the
+    ImageNet-pretrained encoder the official training starts from.
     """
 
     name: str
@@ -51,6 +59,7 @@ class ModelSpec:
     from_official: Callable[[StateDict], StateDict]
     signature_key: str
     weights: PretrainedWeights | None = None
+    imagenet_weights: PretrainedWeights | None = None
     description: str = ""
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD

@@ -143,6 +143,11 @@ register_model(
             file_name="p3mnet_pretrained_on_p3m10k.pth",
             google_drive_id="1smX2YQGIpzKbfwDYHAwete00a_YMwoG1",
         ),
+        # "Pretrained Backbone on ImageNet" of github.com/JizhiziLi/P3M (README and core/README).
+        imagenet_weights=PretrainedWeights(
+            file_name="r34mp_pretrained_imagenet.pth.tar",
+            google_drive_id="18Pt-klsbkiyonMdGi6dytExQEjzBnHwY",
+        ),
         description="P3M-Net, ResNet-34 max-pool encoder (ACM MM 2021), trained on P3M-10k",
     )
 )

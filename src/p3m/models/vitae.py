@@ -129,6 +129,14 @@ register_model(
             file_name="P3M-Net_ViTAE-S_trained_on_P3M-10k.pth",
             google_drive_id="1QbSjPA_Mxs7rITp_a9OJiPeFRDwxemqK",
         ),
+        # The ImageNet ViTAE-S and Swin-T backbones published by github.com/ViTAE-Transformer/P3M-Net
+        # (README, 2023-11-05) as one Google Drive folder; the official training reads this file
+        # from it (models/pretrained/vitae_pretrained_ckpt.pth.tar, key "state_dict_ema").
+        imagenet_weights=PretrainedWeights(
+            file_name="vitae_pretrained_ckpt.pth.tar",
+            google_drive_id="1sBRVgvFNtkZql1_ti_CxCgZs2O8U4RmW",
+            in_folder=True,
+        ),
         description="P3M-Net, ViTAE-S max-pool encoder (IJCV 2023), trained on P3M-10k",
         optional_key=is_performer_features,
     )

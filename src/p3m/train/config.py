@@ -15,6 +15,9 @@ from typing import Any, Mapping
 import yaml
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+# ``backbone_weights`` values besides a file: the registry's ImageNet encoder, or random initialisation.
+IMAGENET = "imagenet"
+RANDOM_INIT = "none"
 LR_SCHEDULES = ("constant", "cosine")
 VAL_SPLITS = ("P3M-500-P", "P3M-500-NP")
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "p3m10k_resnet34.yaml"
@@ -37,7 +40,7 @@ class TrainConfig:
     workers: int = 4
     # model and initialisation
     model: str = "resnet34"
-    backbone_weights: str | None = None
+    backbone_weights: str = IMAGENET
     weights: str | None = None
     # optimisation
     epochs: float = 150
@@ -53,6 +56,7 @@ class TrainConfig:
     sync_bn: bool = False
     find_unused_parameters: bool = False
     seed: int = 0
+    deterministic: bool = False
     device: str = "auto"
     # output
     output: str | None = None
@@ -199,7 +203,7 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
 
 
 def save_yaml(config: TrainConfig, path: str | os.PathLike) -> Path:
-    from p3m.io import atomic_write
+    from p3m.io import write_text
 
     text = yaml.safe_dump(config.to_dict(), sort_keys=False)
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return write_text(path, text, root=Path(path).parent)

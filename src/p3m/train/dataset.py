@@ -302,12 +302,17 @@ class TrainSampler(Sampler):
         return (self.steps_per_epoch - self.start_step) * self.batch_size
 
 
-def worker_init(_worker_id: int) -> None:
-    """Keep each data-loader worker on one thread (the workers are the parallelism)."""
+def worker_init(_worker_id: int, log_path: Path | None = None) -> None:
+    """Keep each data-loader worker on one thread (the workers are the parallelism); with
+    ``log_path``, its warnings (e.g. an unreadable sample) also go to that log."""
     import cv2
 
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
+    if log_path is not None:
+        from p3m.train.logs import attach_train_log
+
+        attach_train_log(log_path)
 
 
 def epochs_to_steps(epochs: float, steps_per_epoch: int) -> int:

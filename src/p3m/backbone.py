@@ -1,10 +1,12 @@
 """Initialising a P3M-Net encoder from ImageNet weights.
 
 Accepted files: the official ``r34mp_pretrained_imagenet.pth.tar`` (a ResNet-34
-max-pool state dict, bare or under ``state_dict``/``model``, keys possibly
-prefixed ``module.``), or standard ResNet-34 ImageNet weights (torchvision
-names; the shapes are the same). Tensors are mapped onto ``model.encoder`` by
-name; the report says what loaded and what did not.
+max-pool state dict) and ``vitae_pretrained_ckpt.pth.tar`` (ViTAE-S, under
+``state_dict_ema``, which the official code loads), standard ResNet-34 ImageNet
+weights (torchvision names; the shapes are the same); state dicts bare or under
+``state_dict_ema``/``state_dict``/``model``, keys possibly prefixed ``module.``.
+Tensors are mapped onto ``model.encoder`` by name; the report says what loaded
+and what did not.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from torch import nn
 
 from p3m.checkpoint import CheckpointError, read_checkpoint
 
-_WRAPPERS = ("state_dict", "model", "module")
+_WRAPPERS = ("state_dict_ema", "state_dict", "model", "module")
 _PREFIXES = ("module.", "encoder.", "backbone.", "resnet.")
 
 
@@ -32,6 +34,7 @@ class BackboneReport:
 
     loaded: encoder keys set from the file.
     missing: encoder keys the file lacks (left at their initialisation).
+    missing_learnable: those of them that are learnable parameters.
     unexpected: file keys with no encoder counterpart (ignored).
     mismatched: key -> (file shape, encoder shape), ignored.
     """
@@ -39,8 +42,15 @@ class BackboneReport:
     path: Path
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    missing_learnable: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        """Every learnable encoder tensor came from the file (buffers such as the
+        ViTAE-S Performer features may stay at their initialisation)."""
+        return not self.missing_learnable and not self.mismatched
 
     def summary(self) -> str:
         """A few lines for the log."""
@@ -110,6 +120,7 @@ def load_backbone(model: nn.Module, path: str | os.PathLike) -> BackboneReport:
             report.loaded.append(key)
     report.unexpected = sorted(set(state) - set(own))
     learnable = {name for name, _ in encoder.named_parameters()}
+    report.missing_learnable = [key for key in report.missing if key in learnable]
     if not any(key in learnable for key in update):
         raise BackboneError(
             f"{path}: no tensor matches the encoder of this model (file keys like "

@@ -20,6 +20,17 @@ class CommandError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
+def model_errors(engine: str) -> tuple[type[Exception], ...]:
+    """What building a ``Matter`` raises for a bad model, weights file or option (``CheckpointError``
+    is a ``ValueError``); the torch engine's weights errors need torch, so they are added only for it."""
+    errors: tuple[type[Exception], ...] = (KeyError, ValueError, FileNotFoundError)
+    if engine == "torch":
+        from p3m.weights import WeightsUnavailableError
+
+        errors += (WeightsUnavailableError,)
+    return errors
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="p3m", description="Privacy-preserving portrait matting (P3M-Net).")
     parser.add_argument("--version", action="version", version=f"p3m {__version__}")

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from p3m.cli import CommandError
+from p3m.cli import CommandError, model_errors
 
 
 def add_parser(subparsers) -> None:
@@ -74,12 +74,6 @@ def _run(args: argparse.Namespace, local: list[str], urls: list[str], download_d
     from p3m.io import OutputFolder
     from p3m.io.video import is_video_file
 
-    model_errors: tuple[type[Exception], ...] = (KeyError, ValueError, FileNotFoundError)  # CheckpointError is one
-    if args.engine == "torch":
-        from p3m.weights import WeightsUnavailableError
-
-        model_errors += (WeightsUnavailableError,)
-
     try:
         options = MatteOptions(outputs=tuple(kind.strip() for kind in args.outputs.split(",") if kind.strip()),
                                background=args.background, foreground=args.foreground,
@@ -119,7 +113,7 @@ def _run(args: argparse.Namespace, local: list[str], urls: list[str], download_d
     try:
         matter = Matter(model=args.model, weights=args.weights, method=args.method, max_size=args.max_size,
                         device=args.device, privacy=args.privacy, precision=args.precision, engine=args.engine)
-    except model_errors as error:
+    except model_errors(args.engine) as error:
         raise CommandError(str(error).strip("'\"")) from None
 
     def report_error(path: Path, message: str) -> None:

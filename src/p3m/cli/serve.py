@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from p3m.cli import CommandError
+from p3m.cli import CommandError, model_errors
 
 
 def add_parser(subparsers) -> None:
@@ -24,6 +24,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--max-size", dest="max_size", type=int, default=1600, metavar="N",
                         help="per-side cap of a network pass (default 1600); requests may ask for less")
     parser.add_argument("--device", default="auto", help="auto (the default), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--precision", default="fp32", type=str.lower, choices=("fp32", "bf16", "fp16"),
+                        help="fp32 (default, faithful); bf16 on CUDA or CPUs with AVX512-BF16/AMX; fp16 on CUDA")
+    parser.add_argument("--engine", default="torch", type=str.lower, choices=("torch", "onnxruntime"),
+                        help="torch (default) or onnxruntime with --weights FILE.onnx from `p3m export`")
     parser.add_argument("--max-upload-mb", dest="max_upload_mb", type=float, default=50, metavar="MB",
                         help="largest request body and fetched URL, in MiB (default 50); larger ones get 413")
     parser.add_argument("--max-pending", dest="max_pending", type=int, default=4, metavar="N",
@@ -44,9 +48,8 @@ def run(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as error:
         raise CommandError(f"{error.name} is not installed; install the server with: pip install 'p3m[serve]'") \
             from None
-    from p3m.checkpoint import CheckpointError
     from p3m.inference.matter import Matter
-    from p3m.weights import WeightsUnavailableError
+
 
     if not 0 < args.port < 65536:
         raise CommandError(f"--port must be in 1-65535, got {args.port}")
@@ -61,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
                              allow_private_urls=args.allow_private_urls)
     try:
         matter = Matter(model=args.model, weights=args.weights, method=args.method, max_size=args.max_size,
-                        device=args.device)
-    except (WeightsUnavailableError, CheckpointError, KeyError, ValueError) as error:
+                        device=args.device, precision=args.precision, engine=args.engine)
+    except model_errors(args.engine) as error:
         raise CommandError(str(error).strip("'\"")) from None
     print(f"p3m serve: {matter!r} ready on http://{args.host}:{args.port}/", file=sys.stderr)
     uvicorn.run(create_app(matter, settings), host=args.host, port=args.port, log_level="info",

@@ -24,7 +24,7 @@ from typing import Callable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from p3m.inference.compose import Background, alpha_to_uint, composite, cutout, foreground_colour
+from p3m.inference.compose import Background, alpha_to_uint, composite, cutout, foreground_rgb8
 from p3m.inference.matter import Matter, MatteResult
 from p3m.io import atomic_write, save_image
 from p3m.io.video import VIDEO_CODECS, VideoFrame, VideoReader, VideoWriter
@@ -141,7 +141,7 @@ class VideoOptions:
 def _frame_images(result: MatteResult, kinds: Sequence[str], options: VideoOptions, depth: int) -> dict[str, np.ndarray]:
     colour = None
     if "rgba" in kinds or "composite" in kinds:
-        colour = foreground_colour(result.image, result.alpha, options.foreground)
+        colour = foreground_rgb8(result.image, result.alpha, options.foreground)  # as p3m.inference.batch
     images = {}
     for kind in kinds:
         if kind == "alpha":

@@ -16,7 +16,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from p3m.inference.compose import alpha_to_uint, cutout, foreground_colour
+from p3m.inference.batch import MatteOptions, output_images
 from p3m.inference.matter import Matter, MatteResult
 from p3m.inference.pipeline import Method
 from p3m.models.registry import get_spec
@@ -32,8 +32,10 @@ DEFAULT_VALUES = {
     "cuda": "True",
     "weights": "",
     "privacy": "False",
+    "precision": "fp32",
 }
 
+PRECISIONS = ("fp32", "bf16", "fp16")
 _TRUE = ("y", "yes", "t", "true", "on", "1")
 _FALSE = ("n", "no", "f", "false", "off", "0")
 
@@ -48,6 +50,7 @@ class TaskSettings:
     device: str
     weights: Path | None
     privacy: bool
+    precision: str = "fp32"
     cuda_requested: bool = field(default=False, compare=False)
 
     @classmethod
@@ -78,10 +81,13 @@ class TaskSettings:
             raise ValueError(f"parameter 'input_size' must be a whole number of pixels, at least 32, "
                              f"got {merged['input_size']!r}")
         cuda = _flag("cuda", merged["cuda"])
+        precision = merged["precision"].strip().lower()
+        if precision not in PRECISIONS:
+            raise ValueError(f"parameter 'precision' must be one of {', '.join(PRECISIONS)}, got {merged['precision']!r}")
         weights = merged["weights"].strip()
         return cls(model=model, max_size=max_size, method=method, device="cuda" if cuda and cuda_available else "cpu",
                    weights=Path(weights).expanduser() if weights else None, privacy=_flag("privacy", merged["privacy"]),
-                   cuda_requested=cuda)
+                   precision=precision, cuda_requested=cuda)
 
 
 def _flag(name: str, text: str) -> bool:
@@ -101,8 +107,8 @@ def task_outputs(result: MatteResult) -> tuple[np.ndarray, np.ndarray]:
         rgba: (H, W, 4) uint8 RGBA cutout, straight colour re-estimated at soft
             edges (output 1).
     """
-    colour = foreground_colour(result.image, result.alpha, "estimate")
-    return alpha_to_uint(result.alpha, 8), cutout(colour, result.alpha)
+    images = dict(output_images(result, ("alpha", "rgba"), MatteOptions(), None))
+    return images["alpha"], images["rgba"]
 
 
 class MattingAdapter:
@@ -132,4 +138,5 @@ def _build_matter(settings: TaskSettings) -> Matter:
     if settings.cuda_requested and settings.device == "cpu":
         logger.warning("cuda=True but CUDA is not available: running on the CPU")
     return Matter(model=settings.model, weights=settings.weights, method=settings.method.value,
-                  max_size=settings.max_size, device=settings.device, privacy=settings.privacy)
+                  max_size=settings.max_size, device=settings.device, privacy=settings.privacy,
+                  precision=settings.precision)

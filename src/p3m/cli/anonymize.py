@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from p3m.cli import CommandError
+from p3m.cli import CommandError, add_executor_options
 
 # Mirrors p3m.privacy.METHODS and DEFAULT_THRESHOLD, kept here so that `p3m --help`
 # does not import OpenCV (a test checks they agree).
@@ -39,6 +39,7 @@ def add_parser(subparsers) -> None:
                              "and copy the alpha mattes in INPUT/mask/ (skipped as inputs) of the images written "
                              "to OUT/mask/")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_executor_options(parser)
     parser.set_defaults(handler=run)
 
 
@@ -98,20 +99,23 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from p3m import privacy
+    from p3m.executors import ExecutorError, create_executor
 
     try:
-        detector = privacy.default_detector()
-    except privacy.DetectorError as error:
+        executor = create_executor(args.executor, args.ray_address, args.workers)
+    except ValueError as error:
         raise CommandError(str(error)) from None
-
     reports = []
-    jobs = list(zip(pairs, outputs, masks))
-    quiet = args.quiet or len(jobs) < 2
-    for (source, _), output, mask in tqdm(jobs, unit="image", disable=True if quiet else None, file=sys.stderr):
-        report = privacy.anonymize_file(source, output, mask, args.method, args.threshold, detector)
-        if not report.ok:
-            tqdm.write(f"error: {report.error}", file=sys.stderr)
-        reports.append(report)
+    jobs = [(source, output, mask) for (source, _), output, mask in zip(pairs, outputs, masks)]
+    try:
+        with executor:
+            for report in executor.map(privacy.AnonymizeSetup(args.method, args.threshold), jobs,
+                                       progress=not args.quiet and len(jobs) > 1):
+                if not report.ok:
+                    tqdm.write(f"error: {report.error}", file=sys.stderr)
+                reports.append(report)
+    except (privacy.DetectorError, ExecutorError) as error:
+        raise CommandError(str(error)) from None
 
     # Only the mattes of written images, so that OUT stays a paired tree.
     written = {relative.with_suffix("") for (_, relative), report in zip(pairs, reports) if report.output is not None}

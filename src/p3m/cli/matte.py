@@ -5,10 +5,11 @@ import argparse
 import re
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from p3m.cli import CommandError
+from p3m.cli import CommandError, add_executor_options
 
 
 def add_parser(subparsers) -> None:
@@ -40,6 +41,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--allow-private-urls", dest="allow_private_urls", action="store_true",
                         help="let URL inputs reach loopback, private and link-local addresses")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_executor_options(parser)
     parser.set_defaults(handler=run)
 
 
@@ -52,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, local: list[str], urls: list[str], download_dir: Path) -> int:
     from p3m.checkpoint import CheckpointError
-    from p3m.inference.batch import MatteOptions, has_pending_work, matte_files
+    from p3m.executors import ExecutorError, create_executor
+    from p3m.inference.batch import MatteOptions, MatteSetup, collect_report, has_pending_work
     from p3m.inference.matter import Matter
     from p3m.inputs import check_output_folder, collect_inputs, output_paths
     from p3m.weights import WeightsUnavailableError
@@ -83,11 +86,19 @@ def _run(args: argparse.Namespace, local: list[str], urls: list[str], download_d
         print(f"p3m matte: 0 done, {len(pairs)} skipped (outputs exist), {len(fetch_failures)} failed "
               f"-> {args.out_dir}", file=sys.stderr)
         return 1 if fetch_failures else 0
+    matter_args = dict(model=args.model, weights=args.weights, method=args.method, max_size=args.max_size,
+                       device=args.device, privacy=args.privacy)
+    if args.executor == "local":
+        try:
+            matter = Matter(**matter_args)
+        except (WeightsUnavailableError, CheckpointError, KeyError, ValueError) as error:
+            raise CommandError(str(error).strip("'\"")) from None
+    else:  # each Ray worker builds its own
+        matter = partial(Matter, **matter_args)
     try:
-        matter = Matter(model=args.model, weights=args.weights, method=args.method, max_size=args.max_size,
-                        device=args.device, privacy=args.privacy)
-    except (WeightsUnavailableError, CheckpointError, KeyError, ValueError) as error:
-        raise CommandError(str(error).strip("'\"")) from None
+        executor = create_executor(args.executor, args.ray_address, args.workers)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
 
     def report_error(path: Path, message: str) -> None:
         from tqdm import tqdm
@@ -97,7 +108,13 @@ def _run(args: argparse.Namespace, local: list[str], urls: list[str], download_d
         tqdm.write(f"error: {message}", file=sys.stderr)
 
     show_progress = not args.quiet and len(pairs) > 1
-    report = matte_files(matter, pairs, args.out_dir, options, on_error=report_error, progress=show_progress)
+    try:
+        with executor:
+            outcomes = executor.map(MatteSetup(matter, args.out_dir, options), pairs, desc="matting",
+                                    progress=show_progress)
+            report = collect_report(pairs, outcomes, on_error=report_error)
+    except ExecutorError as error:
+        raise CommandError(str(error)) from None
     report.failed.extend(fetch_failures)
     print(f"p3m matte: {report.summary()} -> {args.out_dir}", file=sys.stderr)
     return 0 if report.ok else 1

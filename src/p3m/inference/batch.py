@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from io import BytesIO
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -24,6 +25,7 @@ OUTPUT_KINDS = ("alpha", "rgba", "composite", "trimap")
 # zlib level 3 instead of Pillow's 6: RGBA cutouts encode about 2.5x faster for ~7% larger files.
 PNG_OPTIONS = {"compress_level": 3}
 DEFAULT_OUTPUTS = ("alpha", "rgba")
+WRITTEN, SKIPPED, FAILED = "written", "skipped", "failed"
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,62 @@ def write_outputs(result: MatteResult, targets: dict[str, Path], options: MatteO
         atomic_write(targets[kind], lambda tmp: tmp.write_bytes(data))
 
 
+class MatteSetup:
+    """The per-file matting step, built where it runs (a picklable recipe for executors).
+
+    ``matter`` is a :class:`Matter`, or a callable with no arguments that builds
+    one (``functools.partial(Matter, ...)``): a worker calls it once and mattes
+    every file it gets with that model. Calling the setup returns
+    ``step((source, relative)) -> (status, message)``, see :func:`matte_file`.
+    """
+
+    def __init__(self, matter: Matter | Callable[[], Matter], out_dir: os.PathLike, options: MatteOptions):
+        self.matter, self.out_dir, self.options = matter, Path(out_dir), options
+
+    def __call__(self) -> Callable[[tuple[Path, Path]], tuple[str, str | None]]:
+        matter = self.matter if isinstance(self.matter, Matter) else self.matter()
+        background = Background(self.options.background) if "composite" in self.options.outputs else None
+        return partial(matte_file, matter, out_dir=self.out_dir, options=self.options, background=background)
+
+
+def matte_file(matter: Matter, pair: tuple[Path, Path], out_dir: Path, options: MatteOptions,
+               background: Background | None) -> tuple[str, str | None]:
+    """Matte one (source, relative) pair into ``out_dir``; never raises for a bad file.
+
+    Returns ("written" | "skipped" | "failed", the one-line error or None).
+    """
+    source, relative = pair
+    targets = output_targets(out_dir, relative, options.outputs)
+    if not options.overwrite:
+        targets = {kind: path for kind, path in targets.items() if not path.exists()}
+        if not targets:
+            return SKIPPED, None
+    try:
+        write_outputs(matter.predict(source), targets, options, background)
+    except ImageReadError as error:
+        return FAILED, str(error)
+    except (RuntimeError, ValueError, OSError, MemoryError) as error:
+        return FAILED, f"{source}: {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    return WRITTEN, None
+
+
+def collect_report(pairs: Sequence[tuple[Path, Path]], outcomes: Iterable[tuple[str, str | None]],
+                   on_error: Callable[[Path, str], None] | None = None) -> BatchReport:
+    """The report of a batch from the outcomes of :func:`matte_file`, in the order of ``pairs``;
+    ``on_error(path, message)`` is called for each failed file as its outcome arrives."""
+    report = BatchReport()
+    for (source, _), (status, message) in zip(pairs, outcomes, strict=True):
+        if status == WRITTEN:
+            report.written.append(source)
+        elif status == SKIPPED:
+            report.skipped.append(source)
+        else:
+            report.failed.append((source, message))
+            if on_error is not None:
+                on_error(source, message)
+    return report
+
+
 def matte_files(matter: Matter, pairs: Sequence[tuple[Path, Path]], out_dir: os.PathLike,
                 options: MatteOptions = MatteOptions(),
                 on_error: Callable[[Path, str], None] | None = None,
@@ -114,32 +172,12 @@ def matte_files(matter: Matter, pairs: Sequence[tuple[Path, Path]], out_dir: os.
 
     Per-file problems (unreadable or odd images, inference errors) are recorded
     in the report and passed to ``on_error(path, message)``; the batch goes on.
+    ``p3m.executors`` runs the same step across a Ray cluster.
     """
-    out_dir = Path(out_dir)
-    background = Background(options.background) if "composite" in options.outputs else None
-    report = BatchReport()
+    step = MatteSetup(matter, out_dir, options)()
     iterator = pairs
     if progress:
         from tqdm import tqdm
 
         iterator = tqdm(pairs, desc="matting", unit="image", dynamic_ncols=True, disable=None)  # None: TTY only
-    for source, relative in iterator:
-        targets = output_targets(out_dir, relative, options.outputs)
-        if not options.overwrite:
-            targets = {kind: path for kind, path in targets.items() if not path.exists()}
-            if not targets:
-                report.skipped.append(source)
-                continue
-        try:
-            write_outputs(matter.predict(source), targets, options, background)
-        except ImageReadError as error:
-            message = str(error)
-        except (RuntimeError, ValueError, OSError, MemoryError) as error:
-            message = f"{source}: {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-        else:
-            report.written.append(source)
-            continue
-        report.failed.append((source, message))
-        if on_error is not None:
-            on_error(source, message)
-    return report
+    return collect_report(pairs, map(step, iterator), on_error)

@@ -4,13 +4,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from p3m.io import ImageReadError, open_image, to_rgb8, save_image
-from p3m.privacy.detector import DEFAULT_THRESHOLD, Face, FaceDetector
+from p3m.privacy.detector import DEFAULT_THRESHOLD, Face, FaceDetector, default_detector
 from p3m.privacy.obfuscate import face_mask
 from p3m.privacy.pipeline import anonymize
 
@@ -128,6 +128,22 @@ def anonymize_file(source: os.PathLike, output: os.PathLike, mask_output: Option
     except (OSError, ValueError) as error:
         return FileReport(source, None, ERROR, result.faces, f"{output}: cannot write ({error})")
     return FileReport(source, output, ANONYMIZED if result.faces else NO_FACES, result.faces)
+
+
+@dataclass(frozen=True)
+class AnonymizeSetup:
+    """The per-file anonymizing step, built where it runs (a picklable recipe for executors).
+
+    Calling it builds one face detector and returns
+    ``step((source, output, mask_output)) -> FileReport`` (:func:`anonymize_file`).
+    """
+
+    method: str = "blur"
+    threshold: float = DEFAULT_THRESHOLD
+
+    def __call__(self) -> Callable[[tuple], FileReport]:
+        detector = default_detector()
+        return lambda item: anonymize_file(*item, self.method, self.threshold, detector)
 
 
 def summarize(reports: list[FileReport]) -> str:

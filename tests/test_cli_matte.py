@@ -172,7 +172,7 @@ def test_no_network_and_no_cache_gives_actionable_error(no_network, inputs, tmp_
 def test_weights_commands(no_network, r34_checkpoint, capsys):
     assert main(["weights", "list"]) == 0
     listing = capsys.readouterr().out
-    assert "resnet34" in listing and "vitae-s" in listing and "not cached" in listing
+    assert "resnet34" in listing and "vitae-s" in listing and " missing " in listing
     assert main(["weights", "path", "resnet34"]) == 1
     assert capsys.readouterr().out.strip() == str(no_network / "weights" / "p3mnet_pretrained_on_p3m10k.pth")
     assert main(["weights", "download", "resnet34"]) == 2

@@ -159,16 +159,19 @@ def test_eps_named_jpg_never_reaches_ghostscript(tmp_path, monkeypatch):
 
 def test_a_png_with_a_broken_chunk_is_a_read_error(tmp_path, gradient):
     import io
+    import struct
     import zlib
 
     buffer = io.BytesIO()
     Image.fromarray(gradient).save(buffer, "PNG")
-    data = bytearray(buffer.getvalue())
-    idat = data.index(b"IDAT")
-    data[idat + 4:idat + 12] = zlib.compress(b"\x00" * 4)[:8]  # IDAT payload no longer inflates to the rows
+    data = buffer.getvalue()
+    idat = data.index(b"IDAT") - 4
+    empty_idat = struct.pack(">I", 0) + b"IDAT" + struct.pack(">I", zlib.crc32(b"IDAT"))
     path = tmp_path / "broken.png"
-    path.write_bytes(bytes(data))
-    with pytest.raises(ImageReadError, match=r"broken\.png: cannot read image"):
+    path.write_bytes(data[:idat] + empty_idat + b"\x03\x83\x00\x00\x8b\x8b\xf1\xf1" + data[idat:])
+    with pytest.raises(SyntaxError):  # what Pillow raises for it
+        Image.open(path).load()
+    with pytest.raises(ImageReadError, match=r"broken\.png: cannot read image \(SyntaxError: broken PNG file"):
         read_image(path)
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from p3m import metrics
 from p3m.data import layout
-from p3m.io import ImageReadError, atomic_write, read_mask, save_image
+from p3m.io import ImageReadError, OutputFolder, read_mask, write_text
 
 
 @dataclass(frozen=True)
@@ -57,10 +57,11 @@ class EvaluationReport:
     undefined: list[tuple[str, str, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     skipped: tuple[str, ...] = ()
+    interrupted: bool = False  # Ctrl-C: the scores cover the images done before it
 
     @property
     def ok(self) -> bool:
-        return not self.errors
+        return not self.errors and not self.interrupted
 
     def add(self, name: str, scores: metrics.Scores) -> None:
         self.images[name] = dict(scores.values)
@@ -96,23 +97,27 @@ class EvaluationReport:
             "undefined": [{"image": name, "metric": key, "reason": reason} for name, key, reason in self.undefined],
             "skipped": list(self.skipped),
             "errors": list(self.errors),
+            "interrupted": self.interrupted,
         }
 
-    def write_json(self, path: str | os.PathLike) -> Path:
-        text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
-        return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    def write_json(self, path: str | os.PathLike, **guards) -> Path:
+        """Write :meth:`to_dict` through the one writer (``guards`` as in :func:`p3m.io.atomic_write`)."""
+        return write_text(path, json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n", **guards)
 
-    def write_csv(self, path: str | os.PathLike) -> Path:
-        """One row per image, then a ``(mean)`` row; undefined values are empty cells."""
+    def write_csv(self, path: str | os.PathLike, **guards) -> Path:
+        """One row per image, then a ``(mean)`` row; undefined values are empty cells.
+
+        Image names that a spreadsheet would run as a formula (starting with
+        ``=``, ``+``, ``-``, ``@``, a tab or a carriage return) get a leading ``'``.
+        """
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(("image",) + self.keys)
         for name, values in self.images.items():
-            writer.writerow((name,) + tuple(_cell(values[key]) for key in self.keys))
+            writer.writerow((escape_csv_text(name),) + tuple(_cell(values[key]) for key in self.keys))
         means = self.means()
         writer.writerow(("(mean)",) + tuple(_cell(means[key]) for key in self.keys))
-        text = buffer.getvalue()
-        return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline=""))
+        return write_text(path, buffer.getvalue(), **guards)
 
     def format_table(self) -> str:
         """The means as a terminal table, with per-metric counts and why values are missing."""
@@ -132,6 +137,11 @@ class EvaluationReport:
 
 def _nulls(values: dict[str, float]) -> dict[str, float | None]:
     return {key: None if math.isnan(value) else value for key, value in values.items()}
+
+
+def escape_csv_text(text: str) -> str:
+    """``text`` made inert for spreadsheets: a leading ``'`` when it starts like a formula."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def _cell(value: float) -> str:
@@ -257,7 +267,7 @@ def _guarded(score: Callable[[Sample], metrics.Scores], sample: Sample) -> Outco
         if error.filename is not None:
             return sample.name, None, f"{error.filename}: {error.strerror or error}"
         return sample.name, None, f"{_sample_file(sample)}: {_first_line(error)}"
-    except (RuntimeError, MemoryError) as error:  # e.g. out of memory in the model
+    except Exception as error:  # noqa: BLE001 - e.g. out of memory in the model; one sample never ends the run
         return sample.name, None, f"{_sample_file(sample)}: {type(error).__name__}: {_first_line(error)}"
 
 
@@ -277,12 +287,15 @@ def _collect(outcomes: Iterable[Outcome], total: int, errors: list[str], keys: t
 
     report = EvaluationReport(keys=keys, errors=errors, skipped=metrics.SLOW_KEYS if fast else ())
     # disable=None: a progress bar only when writing to a terminal
-    for name, scores, error in tqdm(outcomes, total=total, desc=description, unit="image",
-                                    disable=None if progress else True, leave=False):
-        if error is not None:
-            report.errors.append(error)
-        else:
-            report.add(name, scores)
+    try:
+        for name, scores, error in tqdm(outcomes, total=total, desc=description, unit="image",
+                                        disable=None if progress else True, leave=False):
+            if error is not None:
+                report.errors.append(error)
+            else:
+                report.add(name, scores)
+    except KeyboardInterrupt:
+        report.interrupted = True
     return report
 
 
@@ -327,13 +340,24 @@ def evaluate_folders(
         return _collect(pool.map(score, samples, chunksize=2), len(samples), errors, keys, fast, progress, "evaluate")
 
 
+def files_of(folders: Iterable[str | os.PathLike | None]) -> list[Path]:
+    """The entries of each existing folder (not recursive): what an evaluation reads, to protect from writes."""
+    found = []
+    for folder in folders:
+        if folder is not None and os.path.isdir(folder):
+            found.extend(Path(entry.path) for entry in os.scandir(folder))
+    return found
+
+
 def check_prediction_folder(root: str | os.PathLike, split: str, folder: str | os.PathLike) -> None:
-    """Refuse ``folder`` for saved predictions when it is the split's folder, lies
+    """Refuse ``folder`` for saved predictions when it is a file, the split's folder, lies
     inside it, or is one of the split's input folders (wherever they link to).
 
     Raises:
         ValueError: naming the folder.
     """
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"{folder}: exists and is not a folder; choose a folder for predictions")
     spec = layout.get_split(split)
     target = Path(folder).resolve()
     split_root = spec.root(root).resolve()
@@ -373,6 +397,7 @@ def evaluate_dataset(
     out = Path(save_pred) if save_pred is not None else None
     if out is not None:
         check_prediction_folder(root, split, out)
+        predictions = OutputFolder(out, files_of([spec.folder(root, role) for role in spec.folders]))
     keys = metrics.metric_keys(True, layout.FACE_MASK in spec.folders, fast)
 
     def score(sample: Sample) -> metrics.Scores:
@@ -381,7 +406,8 @@ def evaluate_dataset(
             raise ValueError(f"{sample.image}: prediction has shape {alpha.shape}, expected (H, W)")
         gt, trimap, face = _read_maps(sample, alpha.shape, "predicted alpha", sample.image)
         if out is not None:
-            save_image(out / (Path(sample.name).stem + ".png"), np.round(np.clip(alpha, 0, 1) * 255).astype(np.uint8))
+            predictions.save_image(out / (Path(sample.name).stem + ".png"),
+                                   np.round(np.clip(alpha, 0, 1) * 255).astype(np.uint8))
         return metrics.compute_metrics(alpha, gt, trimap, face, fast=fast)
 
     outcomes = (_guarded(score, sample) for sample in samples)

@@ -9,6 +9,7 @@ the glob's fixed leading folders.
 """
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 from pathlib import Path
@@ -110,19 +111,48 @@ def collect_inputs(inputs: Sequence[str]) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def check_output_folder(out_dir: os.PathLike, inputs: Sequence[str]) -> None:
-    """Refuse an output folder that is an input folder or lies inside one.
+def _pattern_reaches(pattern: str, folder: str) -> bool:
+    """Whether a rerun of glob ``pattern`` could collect files inside the resolved ``folder``.
 
-    Otherwise a second run would read the first run's outputs as inputs.
+    A ``**`` pattern reaches anything below its fixed prefix; otherwise a match
+    is searched recursively when it is a folder, so the pattern reaches
+    ``folder`` when it matches the folder or one of its ancestors below the prefix.
+    """
+    prefix = os.path.realpath(_glob_prefix(pattern))
+    if not _is_inside(folder, prefix):
+        return False
+    if "**" in pattern:
+        return True
+    rest = Path(pattern).parts[len(_glob_prefix(pattern).parts) if _glob_prefix(pattern) != Path(".") else 0:]
+    relative = Path(os.path.relpath(folder, prefix)).parts if folder != prefix else ()
+    return len(relative) >= len(rest) and all(fnmatch.fnmatchcase(part, wanted)
+                                              for part, wanted in zip(relative, rest))
+
+
+def _is_inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_output_folder(out_dir: os.PathLike, inputs: Sequence[str]) -> None:
+    """Refuse an output folder that is a file, an input folder, or lies inside one.
+
+    Otherwise a second run would read the first run's outputs as inputs. Inputs
+    are compared resolved (links followed); a glob counts as the folders it
+    can reach (``"shoot/**"`` reaches all of ``shoot``).
 
     Raises:
-        ValueError: naming the input folder.
+        ValueError: naming the input folder or pattern.
     """
-    out_real = Path(os.path.realpath(out_dir))
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"output folder {out_dir} exists and is a file; choose a folder")
+    out_real = os.path.realpath(out_dir)
     for text in inputs:
-        folder = Path(os.path.realpath(text))
-        if folder.is_dir() and (out_real == folder or folder in out_real.parents):
-            raise ValueError(f"output folder {out_dir} is inside input folder {text}; choose a folder outside it")
+        if os.path.isdir(text):
+            if _is_inside(out_real, os.path.realpath(text)):
+                raise ValueError(f"output folder {out_dir} is inside input folder {text}; choose a folder outside it")
+        elif not os.path.exists(text) and _is_glob(text) and _pattern_reaches(text, out_real):
+            raise ValueError(f"output folder {out_dir} is inside what the pattern {text} reads, so a rerun would "
+                             "read the outputs as inputs; choose a folder outside it")
 
 
 def output_paths(pairs: Sequence[tuple[Path, Path]], out_dir: os.PathLike,
@@ -149,8 +179,9 @@ def output_paths(pairs: Sequence[tuple[Path, Path]], out_dir: os.PathLike,
     for source, relative in pairs:
         target = out_dir / (relative.with_suffix(suffix) if suffix is not None else relative)
         if target in claimed:
-            raise ValueError(f"{claimed[target]} and {source} would both be written to {target}; "
-                             "pass their folders instead of the files, or run them separately")
+            raise ValueError(f"{claimed[target]} and {source} would both be written to {target} "
+                             "(the same relative path under two inputs); pass one folder that holds both, "
+                             "or run them separately")
         if _file_id(target) in source_files:
             raise ValueError(f"output {target} would overwrite an input file; choose another output folder")
         claimed[target] = source

@@ -83,18 +83,53 @@ def _plan(args) -> tuple[list, list, list, list]:
         raise CommandError(str(error)) from None
 
 
-def _copy(source: Path, target: Path) -> None:
+def _copy(source: Path, target: Path, root: Path) -> None:
     import shutil
 
-    from p3m.io import atomic_write
+    from p3m.io import RunInputs, atomic_write
 
-    atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
+    atomic_write(target, lambda tmp: shutil.copyfile(source, tmp), root=root, inputs=RunInputs([source]))
+
+
+def _check_report(args, pairs, outputs, masks, alpha_copies) -> None:
+    """Refuse a --report that would replace an input or one of the run's outputs."""
+    from p3m.io import RunInputs, UnsafeOutputError, check_destination
+
+    protected = RunInputs([source for source, _ in pairs] + list(outputs) + [m for m in masks if m is not None]
+                          + [source for source, _, _ in alpha_copies] + [target for _, target, _ in alpha_copies])
+    try:
+        check_destination(args.report, inputs=protected)
+    except UnsafeOutputError:
+        raise CommandError(f"--report {args.report} is an input or an output of this run; "
+                           "choose another file for the report") from None
+
+
+def _guard_folders(outputs: list, out_root: Path, masks_root: Path | None, masks: list) -> dict:
+    """Create each output's folder without following links; a refused destination maps to its reason."""
+    from p3m.io import OutputFolder, UnsafeOutputError
+
+    refused = {}
+    for root, paths in ((out_root, outputs), (masks_root, masks)):
+        if root is None:
+            continue
+        folder = OutputFolder(root)
+        for path in paths:
+            if path is None:
+                continue
+            try:
+                folder.check(path)
+                folder.mkdir(Path(path).parent)
+            except (UnsafeOutputError, OSError) as error:
+                refused[path] = str(error)
+    return refused
 
 
 def run(args: argparse.Namespace) -> int:
     if not 0.0 < args.threshold < 1.0:
         raise CommandError(f"--threshold must be between 0 and 1, got {args.threshold}")
     pairs, outputs, masks, alpha_copies = _plan(args)
+    if args.report:
+        _check_report(args, pairs, outputs, masks, alpha_copies)
 
     from tqdm import tqdm
 
@@ -106,7 +141,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise CommandError(str(error)) from None
     reports = []
-    jobs = [(source, output, mask) for (source, _), output, mask in zip(pairs, outputs, masks)]
+    refused = _guard_folders(outputs, Path(args.output), Path(args.masks) if args.masks else None, masks)
+    jobs = [(source, output, mask, refused.get(output) or refused.get(mask))
+            for (source, _), output, mask in zip(pairs, outputs, masks)]
+    interrupted = False
     try:
         with executor:
             for report in executor.map(privacy.AnonymizeSetup(args.method, args.threshold), jobs,
@@ -114,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
                 if not report.ok:
                     tqdm.write(f"error: {report.error}", file=sys.stderr)
                 reports.append(report)
+    except KeyboardInterrupt:
+        interrupted = True
     except (privacy.DetectorError, ExecutorError) as error:
         raise CommandError(str(error)) from None
 
@@ -121,23 +161,28 @@ def run(args: argparse.Namespace) -> int:
     written = {relative.with_suffix("") for (_, relative), report in zip(pairs, reports) if report.output is not None}
     copies = [(source, target) for source, target, key in alpha_copies if key in written]
     copy_failures = 0
-    for source, target in copies:
+    for source, target in ([] if interrupted else copies):
         try:
-            _copy(source, target)
-        except OSError as error:
+            _copy(source, target, Path(args.output))
+        except (OSError, ValueError) as error:
             copy_failures += 1
-            print(f"error: {source}: cannot copy to {target} ({error.strerror or error})", file=sys.stderr)
+            print(f"error: {source}: cannot copy to {target} ({getattr(error, 'strerror', None) or error})",
+                  file=sys.stderr)
 
     if args.report:
-        from p3m.io import atomic_write
+        from p3m.io import write_text
 
         entries = [report.to_dict() for report in reports]
         try:
-            atomic_write(args.report, lambda tmp: tmp.write_text(json.dumps(entries, indent=2) + "\n"))
+            write_text(args.report, json.dumps(entries, indent=2) + "\n")
         except OSError as error:
             raise CommandError(f"{args.report}: cannot write report ({error.strerror or error})") from None
 
     summary = privacy.summarize(reports)
+    if interrupted:
+        print(f"p3m anonymize: interrupted after {len(reports)} of {len(jobs)} images: {summary} -> {args.output}",
+              file=sys.stderr)
+        return 130
     if alpha_copies:
         summary += f"; {len(copies) - copy_failures} of {len(alpha_copies)} mattes copied to mask/"
         if len(copies) < len(alpha_copies):

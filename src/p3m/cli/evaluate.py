@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from p3m.cli import CommandError
@@ -71,11 +72,36 @@ def _check_form(args) -> None:
         raise CommandError("nothing to evaluate: give --pred DIR --gt DIR, or --dataset ROOT --split NAME")
 
 
+def _report_guard(args, evaluation):
+    """The inputs of the run, with --json/--csv refused up front when they would replace one of them."""
+    from p3m.data import layout
+    from p3m.io import RunInputs, UnsafeOutputError, check_destination
+
+    if args.dataset is not None:
+        spec = layout.get_split(args.split)
+        folders = [spec.folder(args.dataset, role) for role in spec.folders]
+    else:
+        folders = [args.pred, args.gt, args.trimap, args.facemask]
+    inputs = RunInputs(evaluation.files_of(folders))
+    if args.json and args.csv and os.path.realpath(args.json) == os.path.realpath(args.csv):
+        raise CommandError(f"--json and --csv name the same file {args.json}")
+    for option, path in (("--json", args.json), ("--csv", args.csv)):
+        if path:
+            try:
+                check_destination(path, inputs=inputs)
+            except UnsafeOutputError:
+                raise CommandError(f"{option} {path} is one of the files being evaluated; "
+                                   "choose another file for the scores") from None
+    return inputs
+
+
 def run(args) -> int:
     _check_form(args)
     if args.workers < 1:
         raise CommandError(f"--workers must be at least 1, got {args.workers}")
     from p3m import evaluation
+
+    inputs = _report_guard(args, evaluation)
 
     try:
         if args.dataset is not None:
@@ -95,13 +121,17 @@ def run(args) -> int:
     summary = f"{len(report.images)} image(s) scored"
     if report.errors:
         summary += f", {len(report.errors)} problem(s) (listed above)"
+    if report.interrupted:
+        summary += ", interrupted (the scores cover the images done before it)"
     print(summary)
     for path, write in ((args.json, report.write_json), (args.csv, report.write_csv)):
         if path:
             try:
-                write(path)
-            except OSError as error:
-                raise CommandError(f"{path}: cannot write ({error.strerror or error})") from None
+                write(path, inputs=inputs)
+            except (OSError, ValueError) as error:
+                raise CommandError(f"{path}: cannot write ({getattr(error, 'strerror', None) or error})") from None
+    if report.interrupted:
+        return 130
     return 0 if report.ok and report.images else 1
 
 

@@ -58,14 +58,15 @@ def _run(args: argparse.Namespace, local: list[str], urls: list[str], download_d
     from p3m.inference.batch import MatteOptions, MatteSetup, collect_report, has_pending_work
     from p3m.inference.matter import Matter
     from p3m.inputs import check_output_folder, collect_inputs, output_paths
+    from p3m.io import OutputFolder
     from p3m.weights import WeightsUnavailableError
 
     try:
         options = MatteOptions(outputs=tuple(kind.strip() for kind in args.outputs.split(",") if kind.strip()),
                                background=args.background, foreground=args.foreground,
                                alpha_depth=args.alpha_depth, overwrite=args.overwrite)
-        pairs = collect_inputs(local) if local else []
         check_output_folder(args.out_dir, local)
+        pairs = collect_inputs(local) if local else []
     except (ValueError, FileNotFoundError) as error:
         raise CommandError(str(error)) from None
     url_of, downloaded, fetch_failures = _download(urls, download_dir, args.allow_private_urls)
@@ -73,6 +74,10 @@ def _run(args: argparse.Namespace, local: list[str], urls: list[str], download_d
     try:
         for kind in options.outputs:  # refuse two inputs sharing an output, or an output over an input
             output_paths(pairs, args.out_dir / kind, suffix=".png")
+        read = [source for source, _ in pairs]
+        if "composite" in options.outputs and Path(options.background).is_file():
+            read.append(Path(options.background))
+        outputs = OutputFolder(args.out_dir, read)
     except ValueError as error:
         raise CommandError(str(error)) from None
     if "composite" in options.outputs:
@@ -110,13 +115,16 @@ def _run(args: argparse.Namespace, local: list[str], urls: list[str], download_d
     show_progress = not args.quiet and len(pairs) > 1
     try:
         with executor:
-            outcomes = executor.map(MatteSetup(matter, args.out_dir, options), pairs, desc="matting",
+            outcomes = executor.map(MatteSetup(matter, args.out_dir, options, outputs), pairs, desc="matting",
                                     progress=show_progress)
             report = collect_report(pairs, outcomes, on_error=report_error)
     except ExecutorError as error:
         raise CommandError(str(error)) from None
     report.failed.extend(fetch_failures)
+    report.total += len(fetch_failures)
     print(f"p3m matte: {report.summary()} -> {args.out_dir}", file=sys.stderr)
+    if report.interrupted:
+        return 130
     return 0 if report.ok else 1
 
 

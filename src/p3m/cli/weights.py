@@ -11,10 +11,12 @@ def add_parser(subparsers) -> None:
                                    description="The official P3M-Net weights, cached under $P3M_HOME/weights "
                                                "(default ~/.cache/p3m/weights).")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    actions.add_parser("list", help="models, their weight files and whether they are cached").set_defaults(handler=list_weights)
+    actions.add_parser("list", help="models, their weight files and whether each is verified, corrupt or missing"
+                       ).set_defaults(handler=list_weights)
     download = actions.add_parser("download", help="download a model's weights into the cache")
     download.add_argument("name", help="model name (see 'p3m weights list')")
-    download.add_argument("--force", action="store_true", help="download again even if cached")
+    download.add_argument("--force", action="store_true",
+                          help="download again even over a verified file (a corrupt one is always replaced)")
     download.set_defaults(handler=download_weights)
     path = actions.add_parser("path", help="print where a model's weights are cached")
     path.add_argument("name")
@@ -22,16 +24,19 @@ def add_parser(subparsers) -> None:
 
 
 def list_weights(args: argparse.Namespace) -> int:
+    """Each model's file and its state: verified (matches its record), corrupt (with why) or missing."""
     from p3m.models.registry import get_spec, list_models
-    from p3m.weights import cached_path
+    from p3m.weights import CORRUPT, status
 
     for name in list_models():
         spec = get_spec(name)
         if spec.weights is None:
             print(f"{name:<10} (no published weights)")
             continue
-        state = "cached" if cached_path(name).is_file() else "not cached"
-        print(f"{name:<10} {spec.weights.file_name:<40} {state:<11} {spec.weights.url}")
+        state, reason = status(name)
+        print(f"{name:<10} {spec.weights.file_name:<40} {state:<9} {spec.weights.url}")
+        if state == CORRUPT:
+            print(f"           {reason}")
     return 0
 
 

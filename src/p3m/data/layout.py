@@ -105,8 +105,17 @@ class FolderIndex:
         return stem in self.files or stem in self.duplicates
 
 
+def _is_file_or_broken(entry: os.DirEntry) -> bool:
+    """A file, or a link that cannot be followed (a loop): kept, so that reading it reports the problem."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return True
+
+
 def index_folder(folder: str | os.PathLike) -> FolderIndex:
-    """Index the image files of ``folder`` (not recursive; hidden files skipped).
+    """Index the image files of ``folder`` (not recursive; hidden files skipped; links that
+    cannot be followed are listed, so that reading them names the problem).
 
     Raises:
         FileNotFoundError / NotADirectoryError: ``folder`` is not a folder.
@@ -116,7 +125,7 @@ def index_folder(folder: str | os.PathLike) -> FolderIndex:
     with os.scandir(folder) as entries:
         for entry in entries:
             path = Path(entry.path)
-            if entry.name.startswith(".") or not is_image_file(path) or not entry.is_file():
+            if entry.name.startswith(".") or not is_image_file(path) or not _is_file_or_broken(entry):
                 continue
             by_stem.setdefault(path.stem, []).append(path)
     files = {stem: paths[0] for stem, paths in sorted(by_stem.items()) if len(paths) == 1}

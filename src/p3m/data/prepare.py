@@ -58,7 +58,7 @@ def estimate_fg_bg(image: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np
 
 
 def _prepare_one(job: tuple[str, str, str, str, str]) -> tuple[str, str | None]:
-    from p3m.io import ImageReadError, read_image, read_mask, save_image
+    from p3m.io import ImageReadError, RunInputs, read_image, read_mask, save_image
 
     stem, image_path, alpha_path, fg_path, bg_path = job
     try:
@@ -68,9 +68,13 @@ def _prepare_one(job: tuple[str, str, str, str, str]) -> tuple[str, str | None]:
         message = str(error) if str(error).startswith(str(image_path)) or str(error).startswith(str(alpha_path)) \
             else f"{image_path}: {error}"
         return stem, message
+    inputs = RunInputs([image_path, alpha_path])
     for path, array in ((bg_path, bg), (fg_path, fg)):
         options = {"quality": JPEG_QUALITY} if Path(path).suffix.lower() in (".jpg", ".jpeg") else {}
-        save_image(path, array, **options)
+        try:
+            save_image(path, array, root=Path(path).parent, inputs=inputs, **options)
+        except (OSError, ValueError) as error:
+            return stem, f"{path}: cannot write ({getattr(error, 'strerror', None) or error})"
     return stem, None
 
 

@@ -18,9 +18,11 @@ import numpy as np
 
 from p3m.data import layout
 from p3m.data.trimap import TRAIN_KERNEL_SIZES, trimap_from_alpha
-from p3m.io import save_image
+from p3m.io import OutputFolder
 
 DEFAULT_SIZE = 384
+MAX_SIDE = 8192  # drawn at twice this size; larger would exceed OpenCV's limits and most memories
+_MIN_SIDE = 64
 _SUPERSAMPLE = 2
 _SPLIT_CODES = {layout.TRAIN: 0, layout.P3M_500_P: 1, layout.P3M_500_NP: 2}
 _NAME_PREFIX = {layout.TRAIN: "p_", layout.P3M_500_P: "p_", layout.P3M_500_NP: "np_"}
@@ -46,20 +48,16 @@ class Sample:
 
 
 def parse_size(text: str) -> tuple[int, int] | int:
-    """``"384"`` (longer side, random portrait aspect) or ``"WxH"`` (exact size)."""
+    """``"384"`` (longer side, random portrait aspect) or ``"WxH"`` (exact size), each side in [64, MAX_SIDE]."""
     text = text.strip().lower()
     try:
-        if "x" in text:
-            width, height = (int(part) for part in text.split("x"))
-            if min(width, height) < 64:
-                raise ValueError
-            return width, height
-        side = int(text)
-        if side < 64:
+        sides = tuple(int(part) for part in text.split("x")) if "x" in text else (int(text),)
+        if len(sides) not in (1, 2) or not all(_MIN_SIDE <= side <= MAX_SIDE for side in sides):
             raise ValueError
-        return side
     except ValueError:
-        raise ValueError(f"size must be a side >= 64 or WIDTHxHEIGHT (each >= 64), got {text!r}") from None
+        raise ValueError(f"size must be a side or WIDTHxHEIGHT with each side from {_MIN_SIDE} to {MAX_SIDE}, "
+                         f"got {text!r}") from None
+    return sides if len(sides) == 2 else sides[0]
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], cells: int, channels: int) -> np.ndarray:
@@ -230,7 +228,9 @@ def write_dataset(root: str | os.PathLike, count: int, seed: int = 0, size: tupl
 
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
+    parse_size("x".join(map(str, size)) if isinstance(size, tuple) else str(size))  # refuses impossible sizes
     root = Path(root)
+    outputs = OutputFolder(root)
     written: dict[str, int] = {}
     jobs = [(name, index) for name in splits for index in range(count)]
     for name, index in tqdm(jobs, desc="synth", unit="sample", disable=None if progress else True, leave=False):
@@ -252,6 +252,6 @@ def write_dataset(root: str | os.PathLike, count: int, seed: int = 0, size: tupl
             files[layout.BG] = (sample.bg, layout.IMAGE_SUFFIX)
         for role, (array, suffix) in files.items():
             options = {"quality": 95} if suffix == ".jpg" else {}
-            save_image(split.folder(root, role) / f"{stem}{suffix}", array, **options)
+            outputs.save_image(split.folder(root, role) / f"{stem}{suffix}", array, **options)
         written[name] = written.get(name, 0) + len(files)
     return written

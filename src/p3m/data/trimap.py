@@ -80,7 +80,7 @@ def write_trimaps(mask_dir: str | os.PathLike, out_dir: str | os.PathLike, kerne
     from tqdm import tqdm
 
     from p3m.data.layout import MAP_SUFFIX, index_folder
-    from p3m.io import ImageReadError, read_mask, save_image
+    from p3m.io import ImageReadError, OutputFolder, output_complete, read_mask
 
     mask_dir, out_dir = Path(mask_dir), Path(out_dir)
     if not mask_dir.is_dir():
@@ -88,21 +88,24 @@ def write_trimaps(mask_dir: str | os.PathLike, out_dir: str | os.PathLike, kerne
     if out_dir.resolve() == mask_dir.resolve():
         raise ValueError(f"{out_dir}: is the mask folder; trimaps must go to another folder")
     found = index_folder(mask_dir)
+    outputs = OutputFolder(out_dir, [*found.files.values(), *(p for paths in found.duplicates.values() for p in paths)])
     run = TrimapRun()
     run.problems.extend(f"{mask_dir / stem}: several masks share this name ({', '.join(p.name for p in paths)})"
                         for stem, paths in found.duplicates.items())
     for stem, path in tqdm(found.files.items(), desc="trimaps", unit="mask", disable=None if progress else True,
                            leave=False):
         target = out_dir / f"{stem}{MAP_SUFFIX}"
-        if target.exists() and not overwrite:
+        if not overwrite and output_complete(target):
             run.skipped.append(target)
             continue
+        size = kernel_size if kernel_size is not None else random_kernel_size(rng_for(seed, stem))
         try:
-            alpha = read_mask(path)
-        except ImageReadError as error:
+            outputs.save_image(target, trimap_from_alpha(read_mask(path), size))
+        except (ImageReadError, ValueError) as error:
             run.problems.append(str(error))
             continue
-        size = kernel_size if kernel_size is not None else random_kernel_size(rng_for(seed, stem))
-        save_image(target, trimap_from_alpha(alpha, size))
+        except OSError as error:
+            run.problems.append(f"{target}: cannot write ({error.strerror or error})")
+            continue
         run.written.append(target)
     return run

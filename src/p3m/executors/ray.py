@@ -125,5 +125,6 @@ class RayExecutor:
         except ray.exceptions.RayError as error:
             raise ExecutorError(f"a Ray worker failed: {str(error).strip().splitlines()[0]}") from None
         finally:
-            for actor in actors:
-                ray.kill(actor)
+            if ray.is_initialized():  # a Ctrl-C may have shut Ray down before this generator closes
+                for actor in actors:
+                    ray.kill(actor)

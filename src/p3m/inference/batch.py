@@ -1,9 +1,11 @@
 """Matting a batch of files into an output folder, one subfolder per output kind.
 
 ``OUT/alpha/``, ``OUT/rgba/``, ``OUT/composite/``, ``OUT/trimap/`` mirror each
-input's relative path, as PNG. Existing outputs are skipped unless
-``overwrite`` (an interrupted batch resumes); a file that fails is reported and
-the batch goes on; every file is written atomically.
+input's relative path, as PNG. Complete outputs (non-empty and decodable)
+are skipped unless ``overwrite``, so an interrupted batch resumes and redoes
+what a crash left half-done; a file that fails at any step is reported and the
+batch goes on; Ctrl-C stops it with the report of what was done. Every file
+goes through the one writer, bound to ``OUT`` and the batch's inputs.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from PIL import Image
 
 from p3m.inference.compose import Background, alpha_to_uint, composite, cutout, foreground_colour
 from p3m.inference.matter import Matter, MatteResult
-from p3m.io import ImageReadError, atomic_write
+from p3m.io import ImageReadError, OutputFolder, UnsafeOutputError, output_complete
 
 OUTPUT_KINDS = ("alpha", "rgba", "composite", "trimap")
 # zlib level 3 instead of Pillow's 6: RGBA cutouts encode about 2.5x faster for ~7% larger files.
@@ -53,14 +55,20 @@ class BatchReport:
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    interrupted: bool = False
+    total: int = 0
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and not self.interrupted
 
     def summary(self) -> str:
-        return (f"{len(self.written)} done, {len(self.skipped)} skipped (outputs exist), "
+        text = (f"{len(self.written)} done, {len(self.skipped)} skipped (outputs exist), "
                 f"{len(self.failed)} failed")
+        if self.interrupted:
+            left = self.total - len(self.written) - len(self.skipped) - len(self.failed)
+            text += f", interrupted ({left} not started; run again to resume)"
+        return text
 
 
 def output_targets(out_dir: Path, relative: Path, outputs: Sequence[str]) -> dict[str, Path]:
@@ -71,7 +79,7 @@ def has_pending_work(pairs: Sequence[tuple[Path, Path]], out_dir: os.PathLike, o
     """Whether any output is still to be written (so a finished batch needs no model)."""
     if options.overwrite:
         return bool(pairs)
-    return any(not path.exists() for _, relative in pairs
+    return any(not output_complete(path) for _, relative in pairs
                for path in output_targets(Path(out_dir), relative, options.outputs).values())
 
 
@@ -101,33 +109,38 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 def write_outputs(result: MatteResult, targets: dict[str, Path], options: MatteOptions,
-                  background: Background | None) -> None:
-    """Write each requested kind for one result (atomically, one file per kind)."""
+                  background: Background | None, outputs: OutputFolder | None = None) -> None:
+    """Write each requested kind for one result (atomically, one file per kind), through
+    ``outputs`` when given (else guarded only by the targets' common folder)."""
+    if outputs is None:
+        outputs = OutputFolder(Path(os.path.commonpath([path.parent for path in targets.values()])), clean=False)
     for kind, image in output_images(result, tuple(targets), options, background):
         data = encode_png(image)
-        atomic_write(targets[kind], lambda tmp: tmp.write_bytes(data))
+        outputs.write(targets[kind], lambda tmp: tmp.write_bytes(data))
 
 
 class MatteSetup:
-    """The per-file matting step, built where it runs (a picklable recipe for executors).
+    """The per-file matting step, built where it runs (a picklable recipe for ``p3m.executors``).
 
-    ``matter`` is a :class:`Matter`, or a callable with no arguments that builds
+    ``matter`` is a :class:`Matter`, or a callable without arguments that builds
     one (``functools.partial(Matter, ...)``): a worker calls it once and mattes
     every file it gets with that model. Calling the setup returns
     ``step((source, relative)) -> (status, message)``, see :func:`matte_file`.
     """
 
-    def __init__(self, matter: Matter | Callable[[], Matter], out_dir: os.PathLike, options: MatteOptions):
-        self.matter, self.out_dir, self.options = matter, Path(out_dir), options
+    def __init__(self, matter: Matter | Callable[[], Matter], out_dir: os.PathLike, options: MatteOptions,
+                 outputs: OutputFolder):
+        self.matter, self.out_dir, self.options, self.outputs = matter, Path(out_dir), options, outputs
 
     def __call__(self) -> Callable[[tuple[Path, Path]], tuple[str, str | None]]:
         matter = self.matter if isinstance(self.matter, Matter) else self.matter()
         background = Background(self.options.background) if "composite" in self.options.outputs else None
-        return partial(matte_file, matter, out_dir=self.out_dir, options=self.options, background=background)
+        return partial(matte_file, matter, out_dir=self.out_dir, options=self.options, background=background,
+                       outputs=self.outputs)
 
 
 def matte_file(matter: Matter, pair: tuple[Path, Path], out_dir: Path, options: MatteOptions,
-               background: Background | None) -> tuple[str, str | None]:
+               background: Background | None, outputs: OutputFolder) -> tuple[str, str | None]:
     """Matte one (source, relative) pair into ``out_dir``; never raises for a bad file.
 
     Returns ("written" | "skipped" | "failed", the one-line error or None).
@@ -135,49 +148,64 @@ def matte_file(matter: Matter, pair: tuple[Path, Path], out_dir: Path, options: 
     source, relative = pair
     targets = output_targets(out_dir, relative, options.outputs)
     if not options.overwrite:
-        targets = {kind: path for kind, path in targets.items() if not path.exists()}
+        targets = {kind: path for kind, path in targets.items() if not output_complete(path)}
         if not targets:
             return SKIPPED, None
     try:
-        write_outputs(matter.predict(source), targets, options, background)
-    except ImageReadError as error:
+        write_outputs(matter.predict(source), targets, options, background, outputs)
+    except (ImageReadError, UnsafeOutputError) as error:
         return FAILED, str(error)
-    except (RuntimeError, ValueError, OSError, MemoryError) as error:
-        return FAILED, f"{source}: {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    except Exception as error:  # noqa: BLE001 - one file's failure, whatever it is, must not end the batch
+        return FAILED, f"{source}: {type(error).__name__}: {_first_line(error)}"
     return WRITTEN, None
 
 
 def collect_report(pairs: Sequence[tuple[Path, Path]], outcomes: Iterable[tuple[str, str | None]],
                    on_error: Callable[[Path, str], None] | None = None) -> BatchReport:
-    """The report of a batch from the outcomes of :func:`matte_file`, in the order of ``pairs``;
-    ``on_error(path, message)`` is called for each failed file as its outcome arrives."""
-    report = BatchReport()
-    for (source, _), (status, message) in zip(pairs, outcomes, strict=True):
-        if status == WRITTEN:
-            report.written.append(source)
-        elif status == SKIPPED:
-            report.skipped.append(source)
-        else:
-            report.failed.append((source, message))
-            if on_error is not None:
-                on_error(source, message)
+    """The report of a batch from the outcomes of :func:`matte_file`, in the order of ``pairs``.
+
+    ``on_error(path, message)`` is called for each failed file as its outcome
+    arrives; Ctrl-C ends the batch with ``report.interrupted`` set.
+    """
+    report = BatchReport(total=len(pairs))
+    try:
+        for (source, _), (status, message) in zip(pairs, outcomes):
+            if status == WRITTEN:
+                report.written.append(source)
+            elif status == SKIPPED:
+                report.skipped.append(source)
+            else:
+                report.failed.append((source, message))
+                if on_error is not None:
+                    on_error(source, message)
+    except KeyboardInterrupt:
+        report.interrupted = True
     return report
 
 
 def matte_files(matter: Matter, pairs: Sequence[tuple[Path, Path]], out_dir: os.PathLike,
                 options: MatteOptions = MatteOptions(),
                 on_error: Callable[[Path, str], None] | None = None,
-                progress: bool = False) -> BatchReport:
+                progress: bool = False, outputs: OutputFolder | None = None) -> BatchReport:
     """Matte ``pairs`` (source, relative path) from :func:`p3m.inputs.collect_inputs` into ``out_dir``.
 
-    Per-file problems (unreadable or odd images, inference errors) are recorded
-    in the report and passed to ``on_error(path, message)``; the batch goes on.
-    ``p3m.executors`` runs the same step across a Ray cluster.
+    Per-file problems (unreadable or odd images, inference errors, failed
+    writes) are recorded in the report and passed to ``on_error(path, message)``;
+    the batch goes on. Ctrl-C ends the batch with ``report.interrupted`` set.
+    ``outputs`` defaults to ``out_dir`` guarding the sources of ``pairs``.
+    ``p3m.executors`` runs the same step on Ray actors.
     """
-    step = MatteSetup(matter, out_dir, options)()
+    if outputs is None:
+        outputs = OutputFolder(out_dir, [source for source, _ in pairs])
+    step = MatteSetup(matter, out_dir, options, outputs)()
     iterator = pairs
     if progress:
         from tqdm import tqdm
 
         iterator = tqdm(pairs, desc="matting", unit="image", dynamic_ncols=True, disable=None)  # None: TTY only
     return collect_report(pairs, map(step, iterator), on_error)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else ""

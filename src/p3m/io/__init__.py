@@ -12,6 +12,7 @@ from p3m.io.read import (
     to_rgb8,
 )
 from p3m.io.write import (
+    TEMP_PATTERN,
     OutputFolder,
     RunInputs,
     UnsafeOutputError,
@@ -25,7 +26,7 @@ from p3m.io.write import (
 )
 
 __all__ = [
-    "ALLOWED_FORMATS", "IMAGE_EXTENSIONS", "ImageInput", "ImageReadError", "OutputFolder", "RunInputs",
+    "ALLOWED_FORMATS", "IMAGE_EXTENSIONS", "TEMP_PATTERN", "ImageInput", "ImageReadError", "OutputFolder", "RunInputs",
     "UnsafeOutputError", "append_text", "atomic_write", "check_destination", "is_image_file", "open_image",
     "output_complete", "read_image", "read_mask", "remove_stale_temporaries", "save_image", "to_rgb8",
     "write_text",

@@ -33,7 +33,8 @@ from PIL import Image
 PathLike = Union[str, os.PathLike]
 
 TEMP_PATTERN = re.compile(r"^\.p3m-(\d+)-[0-9a-f]{8}\.part(\.[A-Za-z0-9]{1,10})?$")
-_NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC
 
 
 class UnsafeOutputError(ValueError):
@@ -99,7 +100,7 @@ def _open_folder(folder: Path, root: Optional[Path]) -> int:
         root = Path(os.path.abspath(root))
         root.mkdir(parents=True, exist_ok=True)
     parts = folder.relative_to(root).parts
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
     walked = root
     try:
         for name in parts:
@@ -209,8 +210,8 @@ def append_text(path: PathLike, text: str, *, root: Optional[PathLike] = None,
     folder_fd = _open_folder(path.parent, Path(root) if root is not None else None)
     try:
         try:
-            fd = os.open(path.name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
-                         0o666, dir_fd=folder_fd)
+            fd = os.open(path.name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | _CLOEXEC, 0o666,
+                         dir_fd=folder_fd)
         except OSError as error:
             if error.errno == errno.ELOOP:
                 raise UnsafeOutputError(f"{path}: refused, is a symbolic link (p3m does not append through links)") \

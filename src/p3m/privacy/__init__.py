@@ -12,11 +12,11 @@ first use, and shared.
 from p3m.privacy.pipeline import Anonymized, anonymize, anonymize_for_model, verify
 from p3m.privacy.detector import (DEFAULT_THRESHOLD, DetectorError, Face, FaceDetector, default_detector,
                                   detect_faces)
-from p3m.privacy.files import STATUSES, AnonymizeSetup, FileReport, anonymize_file, summarize
+from p3m.privacy.files import STATUSES, AnonymizeSetup, FileReport, anonymize_file, anonymize_job, summarize
 from p3m.privacy.obfuscate import METHODS, face_ellipse, face_mask, obfuscate
 
 __all__ = [
     "AnonymizeSetup", "Anonymized", "DEFAULT_THRESHOLD", "DetectorError", "Face", "FaceDetector", "FileReport", "METHODS", "STATUSES",
-    "anonymize", "anonymize_file", "anonymize_for_model", "default_detector", "detect_faces", "face_ellipse",
+    "anonymize", "anonymize_file", "anonymize_job", "anonymize_for_model", "default_detector", "detect_faces", "face_ellipse",
     "face_mask", "obfuscate", "summarize", "verify",
 ]

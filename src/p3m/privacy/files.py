@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -130,20 +131,36 @@ def anonymize_file(source: os.PathLike, output: os.PathLike, mask_output: Option
     return FileReport(source, output, ANONYMIZED if result.faces else NO_FACES, result.faces)
 
 
+def anonymize_job(job: tuple, method: str, threshold: float, detector: FaceDetector) -> FileReport:
+    """:func:`anonymize_file` for one job ``(source, output, mask_output, refusal)``; never raises.
+
+    ``refusal`` is why the destination was refused before the batch started (or
+    None); it and any failure become an ``error`` report, so the batch goes on.
+    """
+    source, output, mask_output, refusal = job
+    if refusal is not None:
+        return FileReport(Path(source), None, ERROR, error=refusal)
+    try:
+        return anonymize_file(source, output, mask_output, method, threshold, detector)
+    except Exception as error:  # noqa: BLE001 - one file's failure must not end the batch
+        lines = str(error).strip().splitlines()
+        return FileReport(Path(source), None, ERROR,
+                          error=f"{source}: {type(error).__name__}: {lines[0] if lines else ''}")
+
+
 @dataclass(frozen=True)
 class AnonymizeSetup:
-    """The per-file anonymizing step, built where it runs (a picklable recipe for executors).
+    """The per-file anonymizing step, built where it runs (a picklable recipe for ``p3m.executors``).
 
-    Calling it builds one face detector and returns
-    ``step((source, output, mask_output)) -> FileReport`` (:func:`anonymize_file`).
+    Calling it builds one face detector and returns ``step(job) -> FileReport``
+    (:func:`anonymize_job`).
     """
 
     method: str = "blur"
     threshold: float = DEFAULT_THRESHOLD
 
     def __call__(self) -> Callable[[tuple], FileReport]:
-        detector = default_detector()
-        return lambda item: anonymize_file(*item, self.method, self.threshold, detector)
+        return partial(anonymize_job, method=self.method, threshold=self.threshold, detector=default_detector())
 
 
 def summarize(reports: list[FileReport]) -> str:

@@ -81,7 +81,7 @@ def test_matte_on_ray_writes_the_bytes_of_the_local_run(photos, r34_checkpoint, 
     local_out, local_status, local_err = local_mattes
     out = tmp_path / "out"
     status, err = _matte(capsys, photos, out, r34_checkpoint, *RAY)
-    assert local_status == status == 1
+    assert local_status == status == 1, err
     expected = _files(local_out)
     assert len(expected) == 4 * 3
     assert _files(out) == expected
@@ -106,6 +106,14 @@ def test_matte_on_ray_resumes_an_interrupted_run(photos, r34_checkpoint, local_m
     assert {name: (out / name).stat().st_mtime_ns for name in before} == before
 
 
+def test_executor_options_are_checked(photos, tmp_path, capsys):
+    assert main(["matte", str(photos), "-o", str(tmp_path / "out"), "--workers", "2"]) == 2
+    assert "--ray-address and --workers need --executor ray" in capsys.readouterr().err
+    assert main(["anonymize", str(photos), "-o", str(tmp_path / "out"), *RAY[:2], "--workers", "0"]) == 2
+    assert "--workers must be at least 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_anonymize_dataset_on_ray_writes_the_tree_of_the_local_run(tmp_path, capsys):
     root = tmp_path / "shoot"
     (root / "mask" / "sub").mkdir(parents=True)
@@ -117,10 +125,10 @@ def test_anonymize_dataset_on_ray_writes_the_tree_of_the_local_run(tmp_path, cap
     for name in ("sub/p_bac3c1ff", "p_a09f6d7a", "no_face", "broken"):
         Image.fromarray(np.full((20, 30), 200, np.uint8)).save(root / "mask" / f"{name}.png")
     runs = {}
-    for executor in ("local", "ray"):
+    for executor, options in (("local", ()), ("ray", RAY)):
         out, report = tmp_path / executor, tmp_path / f"{executor}.json"
         status = main(["anonymize", "--quiet", str(root), "-o", str(out), "--dataset", "--report", str(report),
-                       "--executor", executor, "--workers", "2"])
+                       *options])
         err = capsys.readouterr().err
         assert f"error: {root / 'broken.jpg'}: " in err
         entries = json.loads(report.read_text().replace(str(out), "OUT"))

@@ -65,6 +65,7 @@ def _run(args: argparse.Namespace, local: list[str], urls: list[str], download_d
         options = MatteOptions(outputs=tuple(kind.strip() for kind in args.outputs.split(",") if kind.strip()),
                                background=args.background, foreground=args.foreground,
                                alpha_depth=args.alpha_depth, overwrite=args.overwrite)
+        executor = create_executor(args.executor, args.ray_address, args.workers)
         check_output_folder(args.out_dir, local)
         pairs = collect_inputs(local) if local else []
     except (ValueError, FileNotFoundError) as error:
@@ -100,10 +101,6 @@ def _run(args: argparse.Namespace, local: list[str], urls: list[str], download_d
             raise CommandError(str(error).strip("'\"")) from None
     else:  # each Ray worker builds its own
         matter = partial(Matter, **matter_args)
-    try:
-        executor = create_executor(args.executor, args.ray_address, args.workers)
-    except ValueError as error:
-        raise CommandError(str(error)) from None
 
     def report_error(path: Path, message: str) -> None:
         from tqdm import tqdm

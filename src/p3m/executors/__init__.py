@@ -30,6 +30,8 @@ def create_executor(name: str, address: Optional[str] = None, workers: Optional[
     if name == "local":
         from p3m.executors.local import LocalExecutor
 
+        if address is not None or workers is not None:
+            raise ValueError("--ray-address and --workers need --executor ray")
         return LocalExecutor()
     if name == "ray":
         from p3m.executors.ray import RayExecutor

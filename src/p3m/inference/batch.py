@@ -169,7 +169,7 @@ def collect_report(pairs: Sequence[tuple[Path, Path]], outcomes: Iterable[tuple[
     """
     report = BatchReport(total=len(pairs))
     try:
-        for (source, _), (status, message) in zip(pairs, outcomes):
+        for (status, message), (source, _) in zip(outcomes, pairs):  # outcomes first: runs them to the end
             if status == WRITTEN:
                 report.written.append(source)
             elif status == SKIPPED:

@@ -99,6 +99,23 @@ def test_a_plugin_p3m_did_not_install_is_refused_moved_aside_with_force_and_put_
     assert _snapshot(moved[0]) == hub and _snapshot(folder) == {"notes.txt": b"mine"}
 
 
+def test_install_does_not_write_through_a_linked_plugin_folder(home, tmp_path, capsys):
+    elsewhere = tmp_path / "elsewhere"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOME", str(elsewhere))
+        assert main(["ikomia", "install"]) == 0
+    target = _plugin(elsewhere)
+    (target / "__init__.py").write_text("# theirs now\n")
+    before = _snapshot(target)
+    _plugin(home).parent.mkdir(parents=True)
+    _plugin(home).symlink_to(target)
+    capsys.readouterr()
+    assert main(["ikomia", "install"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "symbolic link" in err and "\n" not in err
+    assert _snapshot(target) == before
+
+
 def test_uninstall_removes_only_unchanged_files_p3m_wrote(home, capsys):
     assert main(["ikomia", "install"]) == 0
     folder = _plugin(home)

@@ -22,10 +22,11 @@ def add_parser(subparsers) -> None:
 def install_plugin(args: argparse.Namespace) -> int:
     from p3m.integrations.ikomia import PLUGIN_NAME, PluginConflictError, install
     from p3m.integrations.ikomia.installer import ikomia_installed
+    from p3m.io import UnsafeOutputError
 
     try:
         report = install(force=args.force)
-    except PluginConflictError as error:
+    except (PluginConflictError, UnsafeOutputError) as error:
         return _fail(args, str(error))
     if report.moved_aside:
         print(f"moved the plugin that was there to {report.moved_aside}")

@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from p3m import __version__
-from p3m.io import atomic_write
+from p3m.io import atomic_write, write_text
 
 PLUGIN_NAME = "infer_p3m_portrait_matting"
 MARKER = "p3m-plugin.json"
@@ -76,6 +76,7 @@ def install(plugins_dir: os.PathLike | None = None, force: bool = False) -> Inst
 
     Raises:
         PluginConflictError: the folder holds another plugin and ``force`` is false.
+        p3m.io.UnsafeOutputError: a link below Ikomia's ``Python`` plugin folder would be written through.
     """
     folder = plugin_folder(plugins_dir)
     previous = _read_marker(folder)
@@ -88,7 +89,7 @@ def install(plugins_dir: os.PathLike | None = None, force: bool = False) -> Inst
         os.replace(folder, moved_aside)
     files = _template_files()
     for name, content in files.items():
-        atomic_write(folder / name, lambda tmp, content=content: tmp.write_bytes(content))
+        atomic_write(folder / name, lambda tmp, content=content: tmp.write_bytes(content), root=folder.parent)
     if previous:
         for name, digest in previous["files"].items():
             if name not in files and _digest_matches(folder / name, digest):
@@ -98,7 +99,7 @@ def install(plugins_dir: os.PathLike | None = None, force: bool = False) -> Inst
         "files": {name: hashlib.sha256(content).hexdigest() for name, content in files.items()},
         "moved_aside": moved_aside.name if moved_aside else (previous or {}).get("moved_aside"),
     }
-    atomic_write(folder / MARKER, lambda tmp: tmp.write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8"))
+    write_text(folder / MARKER, json.dumps(marker, indent=2) + "\n", root=folder.parent)
     return InstallReport(folder=folder, updated=previous is not None, moved_aside=moved_aside)
 
 

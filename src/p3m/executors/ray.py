@@ -50,7 +50,8 @@ class RayExecutor:
 
     Args:
         address: a running cluster (``HOST:PORT`` or ``auto``); None starts an
-            embedded Ray on this machine for the duration of the job.
+            embedded Ray on this machine for the duration of the job. When
+            this process has already initialized Ray, the job runs there.
         workers: number of actors; None: :func:`default_workers`.
     """
 

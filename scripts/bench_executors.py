@@ -43,7 +43,7 @@ def time_matte(images: Path, out: Path, weights: str, method: str, extra: list[s
     result = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
-        sys.exit(f"{' '.join(command)} failed:\n{result.stderr}")
+        sys.exit(f"{' '.join(command)} failed (exit status {result.returncode}):\n{result.stderr}")
     return seconds, result.stderr
 
 
@@ -67,7 +67,6 @@ def main() -> None:
     height, width = (int(side) for side in args.size.lower().split("x"))
     print(f"{args.images} images {height}x{width}, {args.method}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}")
-    print(f"embedded Ray start + stop: {ray_startup():.1f} s")
     with tempfile.TemporaryDirectory(prefix="p3m-bench-") as scratch:
         images = Path(scratch) / "in"
         make_images(images, args.images, height, width)
@@ -78,6 +77,7 @@ def main() -> None:
             rate = re.search(r"^ray: .*$", err, re.MULTILINE)
             print(f"{name:15s} {seconds:6.1f} s wall, {args.images / seconds:.3f} images/s end to end"
                   + (f"  [{rate.group(0)}]" if rate else ""))
+    print(f"embedded Ray start + stop: {ray_startup():.1f} s")
 
 
 if __name__ == "__main__":

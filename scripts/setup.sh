@@ -18,5 +18,5 @@ fi
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet torch==2.13.0
-.venv/bin/python -m pip install --quiet -e ".[torch,onnx,test,serve,ikomia,video]"
+.venv/bin/python -m pip install --quiet -e ".[torch,onnx,test,serve,ikomia,video,ray]"
 .venv/bin/python -c "import torch, p3m; print(f'p3m {p3m.__version__} with torch {torch.__version__} ready in .venv')"

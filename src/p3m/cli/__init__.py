@@ -31,6 +31,19 @@ def model_errors(engine: str) -> tuple[type[Exception], ...]:
     return errors
 
 
+def add_executor_options(parser: argparse.ArgumentParser) -> None:
+    """``--executor``, ``--ray-address`` and ``--workers``, shared by the batch commands."""
+    group = parser.add_argument_group("scaling out")
+    group.add_argument("--executor", choices=("local", "ray"), default="local",
+                       help="local: this process, one file after the other (default); "
+                            "ray: Ray actors, each with its own model (needs p3m[ray])")
+    group.add_argument("--ray-address", metavar="ADDR",
+                       help="a running Ray cluster (HOST:PORT or auto); default: an embedded Ray on this machine. "
+                            "Paths must be readable and writable by every worker (a shared file system)")
+    group.add_argument("--workers", type=int, metavar="N",
+                       help="Ray actors (default: one per GPU of the cluster, else one per 4 CPUs)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="p3m", description="Privacy-preserving portrait matting (P3M-Net).")
     parser.add_argument("--version", action="version", version=f"p3m {__version__}")

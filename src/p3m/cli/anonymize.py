@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from p3m.cli import CommandError
+from p3m.cli import CommandError, add_executor_options
 
 # Mirrors p3m.privacy.METHODS and DEFAULT_THRESHOLD, kept here so that `p3m --help`
 # does not import OpenCV (a test checks they agree).
@@ -42,6 +42,7 @@ def add_parser(subparsers) -> None:
                              "and the alpha mattes in INPUT/mask/ (skipped as inputs; single-channel 8/16-bit, "
                              "the photo's size, no face in them) re-encoded as PNG to OUT/mask/")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_executor_options(parser)
     parser.set_defaults(handler=run)
 
 
@@ -132,37 +133,28 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from p3m import privacy
+    from p3m.executors import ExecutorError, create_executor
 
     try:
-        detector = privacy.default_detector()
-    except privacy.DetectorError as error:
+        executor = create_executor(args.executor, args.ray_address, args.workers)
+    except ValueError as error:
         raise CommandError(str(error)) from None
-
     reports = []
-    jobs = list(zip(pairs, outputs, masks, mattes or [None] * len(pairs)))
-    quiet = args.quiet or len(jobs) < 2
     refused = _guard_folders(outputs, Path(args.output), Path(args.masks) if args.masks else None, masks)
+    jobs = [(source, output, mask, refused.get(output) or refused.get(mask), matte, Path(args.output))
+            for (source, _), output, mask, matte in zip(pairs, outputs, masks, mattes or [None] * len(pairs))]
     interrupted = False
     try:
-        for (source, _), output, mask, matte in tqdm(jobs, unit="image", disable=True if quiet else None,
-                                                     file=sys.stderr):
-            problem = refused.get(output) or refused.get(mask)
-            if problem is not None:
-                report = privacy.FileReport(source, None, "error", error=problem)
-            else:
-                try:
-                    report = privacy.anonymize_file(source, output, mask, args.method, args.threshold, detector,
-                                                    args.verify_threshold)
-                    if matte is not None:
-                        _write_matte(report, *matte, (output, mask), detector, Path(args.output))
-                except Exception as error:  # noqa: BLE001 - one file's failure must not end the batch
-                    report = privacy.FileReport(source, None, "error", error=f"{source}: {type(error).__name__}: "
-                                                f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}")
-            if not report.ok:
-                tqdm.write(f"error: {report.error}", file=sys.stderr)
-            reports.append(report)
+        with executor:
+            setup = privacy.AnonymizeSetup(args.method, args.threshold, args.verify_threshold)
+            for report in executor.map(setup, jobs, progress=not args.quiet and len(jobs) > 1):
+                if not report.ok:
+                    tqdm.write(f"error: {report.error}", file=sys.stderr)
+                reports.append(report)
     except KeyboardInterrupt:
         interrupted = True
+    except (privacy.DetectorError, ExecutorError) as error:
+        raise CommandError(str(error)) from None
 
     if args.report:
         from p3m.io import write_text
@@ -184,22 +176,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"p3m anonymize: {summary} -> {args.output}", file=sys.stderr)
     return 0 if all(report.ok for report in reports) else 1
 
-
-def _write_matte(report, source: Path, target: Path, image_outputs: tuple, detector, root: Path) -> None:
-    """Re-encode the matte of a written image to ``target``; a refused matte fails its image, and
-    nothing of the image stays under OUT."""
-    from p3m import privacy
-    from p3m.io import ImageReadError, RunInputs, save_image
-
-    if report.ok:
-        try:
-            save_image(target, privacy.load_matte(source, report.size, report.verify_threshold, detector),
-                       root=root, inputs=RunInputs([source]))
-            return
-        except ImageReadError as error:
-            report.fail(str(error))
-        except privacy.DetectorError as error:
-            report.fail(f"{source}: cannot be searched for faces ({error})")
-        except (OSError, ValueError) as error:
-            report.fail(f"{target}: cannot write ({error})")
-    privacy.remove_outputs(*image_outputs, target)

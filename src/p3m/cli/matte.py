@@ -5,10 +5,11 @@ import argparse
 import re
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from p3m.cli import CommandError, model_errors
+from p3m.cli import CommandError, add_executor_options, model_errors
 
 
 def add_parser(subparsers) -> None:
@@ -56,6 +57,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--allow-private-urls", dest="allow_private_urls", action="store_true",
                         help="let URL inputs reach loopback, private and link-local addresses")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_executor_options(parser)
     parser.set_defaults(handler=run)
 
 
@@ -67,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, local: list[str], urls: list[str], download_dir: Path) -> int:
-    from p3m.inference.batch import MatteOptions, has_pending_work, matte_files
+    from p3m.executors import ExecutorError, create_executor
+    from p3m.inference.batch import MatteOptions, MatteSetup, collect_report, has_pending_work
     from p3m.inference.matter import Matter
     from p3m.inference.video import video_targets
     from p3m.inputs import check_output_folder, collect_inputs, output_paths
@@ -80,6 +83,7 @@ def _run(args: argparse.Namespace, local: list[str], urls: list[str], download_d
                                alpha_depth=args.alpha_depth, overwrite=args.overwrite, frames=args.frames,
                                temporal_smooth=args.temporal_strength if args.temporal_smooth else 0.0,
                                **({} if args.png_compression is None else {"png_compression": args.png_compression}))
+        executor = create_executor(args.executor, args.ray_address, args.workers)
         check_output_folder(args.out_dir, local)
         pairs = collect_inputs(local) if local else []
     except (ValueError, FileNotFoundError) as error:
@@ -110,11 +114,15 @@ def _run(args: argparse.Namespace, local: list[str], urls: list[str], download_d
         print(f"p3m matte: 0 done, {len(pairs)} skipped (outputs exist), {len(fetch_failures)} failed "
               f"-> {args.out_dir}", file=sys.stderr)
         return 1 if fetch_failures else 0
-    try:
-        matter = Matter(model=args.model, weights=args.weights, method=args.method, max_size=args.max_size,
-                        device=args.device, privacy=args.privacy, precision=args.precision, engine=args.engine)
-    except model_errors(args.engine) as error:
-        raise CommandError(str(error).strip("'\"")) from None
+    matter_args = dict(model=args.model, weights=args.weights, method=args.method, max_size=args.max_size,
+                       device=args.device, privacy=args.privacy, precision=args.precision, engine=args.engine)
+    if args.executor == "local":
+        try:
+            matter = Matter(**matter_args)
+        except model_errors(args.engine) as error:
+            raise CommandError(str(error).strip("'\"")) from None
+    else:  # each Ray worker builds its own
+        matter = partial(Matter, **matter_args)
 
     def report_error(path: Path, message: str) -> None:
         from tqdm import tqdm
@@ -124,8 +132,13 @@ def _run(args: argparse.Namespace, local: list[str], urls: list[str], download_d
         tqdm.write(f"error: {message}", file=sys.stderr)
 
     show_progress = not args.quiet and len(pairs) > 1
-    report = matte_files(matter, pairs, args.out_dir, options, on_error=report_error, progress=show_progress,
-                         frame_progress=not args.quiet, outputs=outputs)
+    try:
+        with executor:
+            setup = MatteSetup(matter, args.out_dir, options, outputs, frame_progress=not args.quiet)
+            outcomes = executor.map(setup, pairs, desc="matting", progress=show_progress)
+            report = collect_report(pairs, outcomes, on_error=report_error)
+    except ExecutorError as error:
+        raise CommandError(str(error)) from None
     report.failed.extend(fetch_failures)
     report.total += len(fetch_failures)
     print(f"p3m matte: {report.summary()} -> {args.out_dir}", file=sys.stderr)

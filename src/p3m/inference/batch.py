@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from io import BytesIO
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -30,6 +31,7 @@ OUTPUT_KINDS = ("alpha", "rgba", "composite", "trimap")
 # and 30% faster than level 3 for 3% more (scripts/bench_foreground.py).
 DEFAULT_PNG_COMPRESSION = 1
 DEFAULT_OUTPUTS = ("alpha", "rgba")
+WRITTEN, SKIPPED, FAILED = "written", "skipped", "failed"
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,78 @@ def write_outputs(result: MatteResult, targets: dict[str, Path], options: MatteO
         outputs.write(targets[kind], lambda tmp: tmp.write_bytes(data))
 
 
+class MatteSetup:
+    """The per-file matting step, built where it runs (a picklable recipe for ``p3m.executors``).
+
+    ``matter`` is a :class:`Matter`, or a callable without arguments that builds
+    one (``functools.partial(Matter, ...)``): a worker calls it once and mattes
+    every file it gets with that model. Calling the setup returns
+    ``step((source, relative)) -> (status, message)``, see :func:`matte_file`.
+    """
+
+    def __init__(self, matter: Matter | Callable[[], Matter], out_dir: os.PathLike, options: MatteOptions,
+                 outputs: OutputFolder, frame_progress: bool = False):
+        self.matter, self.out_dir, self.options, self.outputs = matter, Path(out_dir), options, outputs
+        self.frame_progress = frame_progress
+
+    def __call__(self) -> Callable[[tuple[Path, Path]], tuple[str, str | None]]:
+        matter = self.matter if isinstance(self.matter, Matter) else self.matter()
+        background = Background(self.options.background) if "composite" in self.options.outputs else None
+        return partial(matte_file, matter, out_dir=self.out_dir, options=self.options, background=background,
+                       outputs=self.outputs, frame_progress=self.frame_progress)
+
+
+def matte_file(matter: Matter, pair: tuple[Path, Path], out_dir: Path, options: MatteOptions,
+               background: Background | None, outputs: OutputFolder,
+               frame_progress: bool = False) -> tuple[str, str | None]:
+    """Matte one (source, relative) pair, an image or a video, into ``out_dir``; never raises for a bad file.
+
+    Returns ("written" | "skipped" | "failed", the one-line error or None).
+    """
+    source, relative = pair
+    targets = output_targets(out_dir, relative, options.outputs, options.frames)
+    if not options.overwrite:
+        targets = {kind: path for kind, path in targets.items() if not _complete(path, options.frames)}
+        if not targets:
+            return SKIPPED, None
+    try:
+        if is_video_file(relative):
+            video_options = VideoOptions(tuple(targets), background, options.foreground, options.alpha_depth,
+                                         options.frames, options.temporal_smooth, options.png_compression)
+            matte_video(matter, source, targets, video_options, progress=frame_progress, root=outputs.root,
+                        inputs=outputs.inputs)
+        else:
+            write_outputs(matter.predict(source), targets, options, background, outputs)
+    except (ImageReadError, VideoReadError, UnsafeOutputError) as error:
+        return FAILED, str(error)
+    except Exception as error:  # noqa: BLE001 - one file's failure, whatever it is, must not end the batch
+        return FAILED, f"{source}: {type(error).__name__}: {_first_line(error)}"
+    return WRITTEN, None
+
+
+def collect_report(pairs: Sequence[tuple[Path, Path]], outcomes: Iterable[tuple[str, str | None]],
+                   on_error: Callable[[Path, str], None] | None = None) -> BatchReport:
+    """The report of a batch from the outcomes of :func:`matte_file`, in the order of ``pairs``.
+
+    ``on_error(path, message)`` is called for each failed file as its outcome
+    arrives; Ctrl-C ends the batch with ``report.interrupted`` set.
+    """
+    report = BatchReport(total=len(pairs))
+    try:
+        for (status, message), (source, _) in zip(outcomes, pairs):  # outcomes first: runs them to the end
+            if status == WRITTEN:
+                report.written.append(source)
+            elif status == SKIPPED:
+                report.skipped.append(source)
+            else:
+                report.failed.append((source, message))
+                if on_error is not None:
+                    on_error(source, message)
+    except KeyboardInterrupt:
+        report.interrupted = True
+    return report
+
+
 def matte_files(matter: Matter, pairs: Sequence[tuple[Path, Path]], out_dir: os.PathLike,
                 options: MatteOptions = MatteOptions(),
                 on_error: Callable[[Path, str], None] | None = None,
@@ -144,46 +218,17 @@ def matte_files(matter: Matter, pairs: Sequence[tuple[Path, Path]], out_dir: os.
     the batch goes on. Ctrl-C ends the batch with ``report.interrupted`` set.
     ``outputs`` defaults to ``out_dir`` guarding the sources of ``pairs``.
     ``progress`` shows a bar over files, ``frame_progress`` one over each video's frames.
+    ``p3m.executors`` runs the same step on Ray actors.
     """
-    out_dir = Path(out_dir)
     if outputs is None:
         outputs = OutputFolder(out_dir, [source for source, _ in pairs])
-    background = Background(options.background) if "composite" in options.outputs else None
-    report = BatchReport(total=len(pairs))
+    step = MatteSetup(matter, out_dir, options, outputs, frame_progress)()
     iterator = pairs
     if progress:
         from tqdm import tqdm
 
         iterator = tqdm(pairs, desc="matting", unit="image", dynamic_ncols=True, disable=None)  # None: TTY only
-    try:
-        for source, relative in iterator:
-            targets = output_targets(out_dir, relative, options.outputs, options.frames)
-            if not options.overwrite:
-                targets = {kind: path for kind, path in targets.items() if not _complete(path, options.frames)}
-                if not targets:
-                    report.skipped.append(source)
-                    continue
-            try:
-                if is_video_file(relative):
-                    video_options = VideoOptions(tuple(targets), background, options.foreground, options.alpha_depth,
-                                                 options.frames, options.temporal_smooth, options.png_compression)
-                    matte_video(matter, source, targets, video_options, progress=frame_progress, root=outputs.root,
-                                inputs=outputs.inputs)
-                else:
-                    write_outputs(matter.predict(source), targets, options, background, outputs)
-            except (ImageReadError, VideoReadError, UnsafeOutputError) as error:
-                message = str(error)
-            except Exception as error:  # noqa: BLE001 - one file's failure, whatever it is, must not end the batch
-                message = f"{source}: {type(error).__name__}: {_first_line(error)}"
-            else:
-                report.written.append(source)
-                continue
-            report.failed.append((source, message))
-            if on_error is not None:
-                on_error(source, message)
-    except KeyboardInterrupt:
-        report.interrupted = True
-    return report
+    return collect_report(pairs, map(step, iterator), on_error)
 
 
 def _complete(path: Path, frames: bool) -> bool:

@@ -4,14 +4,16 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
 
-from p3m.io import ImageReadError, atomic_write, open_image, save_image, to_rgb8
-from p3m.privacy.detector import DEFAULT_THRESHOLD, DetectorError, Face, FaceDetector, detect_faces, merge_faces
+from p3m.io import ImageReadError, RunInputs, atomic_write, open_image, save_image, to_rgb8
+from p3m.privacy.detector import (DEFAULT_THRESHOLD, DetectorError, Face, FaceDetector, default_detector, detect_faces,
+                                  merge_faces)
 from p3m.privacy.obfuscate import face_mask, obfuscate
 from p3m.privacy.pipeline import OBFUSCATION_ROUNDS, default_verify_threshold
 
@@ -324,6 +326,65 @@ def load_matte(path: os.PathLike, size: tuple[int, int], threshold: float = DEFA
         raise ImageReadError(f"{path}: a face is detected in this matte (score {faces[0].score:.2f}); "
                              "it looks like a photo, not an alpha matte")
     return matte
+
+
+def anonymize_job(job: tuple, method: str, threshold: float, detector: FaceDetector,
+                  verify_threshold: Optional[float] = None) -> FileReport:
+    """:func:`anonymize_file` for one job ``(source, output, mask_output, refusal, matte, root)``; never raises.
+
+    ``refusal`` is why the destination was refused before the batch started (or
+    None); it and any failure become an ``error`` report, so the batch goes on.
+    ``matte`` is ``(matte_source, matte_target)`` in dataset mode (else None): the
+    matte of a written image is checked and re-encoded under ``root``
+    (:func:`write_dataset_matte`).
+    """
+    source, output, mask_output, refusal, matte, root = job
+    if refusal is not None:
+        return FileReport(Path(source), None, ERROR, error=refusal)
+    try:
+        report = anonymize_file(source, output, mask_output, method, threshold, detector, verify_threshold)
+        if matte is not None:
+            write_dataset_matte(report, *matte, (output, mask_output), detector, root)
+        return report
+    except Exception as error:  # noqa: BLE001 - one file's failure must not end the batch
+        lines = str(error).strip().splitlines()
+        return FileReport(Path(source), None, ERROR,
+                          error=f"{source}: {type(error).__name__}: {lines[0] if lines else ''}")
+
+
+def write_dataset_matte(report: FileReport, source: Path, target: Path, image_outputs: tuple,
+                        detector: Optional[FaceDetector], root: Optional[Path]) -> None:
+    """Re-encode the matte of a written image to ``target`` (:func:`load_matte`); a refused matte
+    fails its image, and nothing of the image stays under OUT."""
+    if report.ok:
+        try:
+            save_image(target, load_matte(source, report.size, report.verify_threshold, detector),
+                       root=root, inputs=RunInputs([source]))
+            return
+        except ImageReadError as error:
+            report.fail(str(error))
+        except DetectorError as error:
+            report.fail(f"{source}: cannot be searched for faces ({error})")
+        except (OSError, ValueError) as error:
+            report.fail(f"{target}: cannot write ({error})")
+    remove_outputs(*image_outputs, target)
+
+
+@dataclass(frozen=True)
+class AnonymizeSetup:
+    """The per-file anonymizing step, built where it runs (a picklable recipe for ``p3m.executors``).
+
+    Calling it builds one face detector and returns ``step(job) -> FileReport``
+    (:func:`anonymize_job`).
+    """
+
+    method: str = "blur"
+    threshold: float = DEFAULT_THRESHOLD
+    verify_threshold: Optional[float] = None
+
+    def __call__(self) -> Callable[[tuple], FileReport]:
+        return partial(anonymize_job, method=self.method, threshold=self.threshold, detector=default_detector(),
+                       verify_threshold=self.verify_threshold)
 
 
 def summarize(reports: list[FileReport]) -> str:

@@ -17,7 +17,7 @@ from p3m.cli import main
 from p3m.io import read_image, read_mask
 
 PORTRAITS = Path(__file__).parent / "fixtures" / "portraits"
-REPORT_KEYS = {"input", "output", "faces", "status", "error"}
+REPORT_KEYS = {"input", "output", "faces", "status", "error", "frames", "threshold", "verify_threshold"}
 
 
 def run(capsys, *argv: str) -> tuple[int, str]:
@@ -116,7 +116,8 @@ def test_formats_and_channels_are_kept_and_metadata_dropped(tmp_path, capsys):
     assert np.array_equal(result[far_from_faces(gray, faces)], gray[far_from_faces(gray, faces)])
     with Image.open(out / "rgba.png") as image:
         assert image.mode == "RGBA"
-        assert np.array_equal(np.asarray(image)[:, :, 3], alpha)
+        far = far_from_faces(astronaut, privacy.detect_faces(astronaut))
+        assert np.array_equal(np.asarray(image)[:, :, 3][far], alpha[far])  # obfuscated in the face region only
     with Image.open(out / "lossless.webp") as image:
         webp = np.asarray(image.convert("RGB"))
     far = far_from_faces(astronaut, privacy.detect_faces(astronaut))
@@ -147,10 +148,12 @@ def test_bad_inputs_are_reported_per_file_and_the_rest_is_written(photos, tmp_pa
     assert "not an image" in entries[1]["error"]
 
 
-def test_verification_fails_closed(photos, tmp_path, capsys, monkeypatch):
-    import p3m.privacy.pipeline as pipeline
+def test_verification_fails_closed_and_removes_earlier_outputs(photos, tmp_path, capsys, monkeypatch):
+    import p3m.privacy.files as files
 
-    monkeypatch.setattr(pipeline, "obfuscate", lambda image, faces, method: image.copy())
+    status, _ = run(capsys, photos / "with_face", "-o", tmp_path / "out", "--masks", tmp_path / "masks")
+    assert status == 0 and (tmp_path / "out" / "p_bac3c1ff.jpg").is_file()  # an earlier, good run
+    monkeypatch.setattr(files, "obfuscate", lambda image, faces, method, **options: image.copy())
     report = tmp_path / "report.json"
     status, err = run(capsys, photos / "with_face", photos / "p_a09f6d7a.jpg", "-o", tmp_path / "out",
                       "--masks", tmp_path / "masks", "--report", report)
@@ -171,16 +174,24 @@ def test_methods_and_glob_inputs(photos, tmp_path, capsys, monkeypatch, method):
     assert privacy.detect_faces(read_image(tmp_path / "out" / "p_bac3c1ff.jpg")) == []
 
 
-def test_threshold_changes_what_counts_as_a_face(photos, tmp_path, capsys):
+def test_a_raised_threshold_does_not_loosen_verification(photos, tmp_path, capsys):
     report = tmp_path / "report.json"
-    status, _ = run(capsys, photos / "with_face", "-o", tmp_path / "out", "--threshold", "0.95", "--report", report)
-    assert status == 0 and json.loads(report.read_text())[0]["status"] == "no_faces"
+    status, err = run(capsys, photos / "with_face", "-o", tmp_path / "out", "--threshold", "0.95", "--report", report)
+    (entry,) = json.loads(report.read_text())  # the face scores below 0.95: the check at 0.5 finds and hides it
+    assert status == 0 and entry["status"] == "anonymized" and len(entry["faces"]) == 1
+    assert (entry["threshold"], entry["verify_threshold"]) == (0.95, 0.5)
+    assert privacy.detect_faces(read_image(tmp_path / "out" / "p_bac3c1ff.jpg")) == []
+    status, _ = run(capsys, photos / "with_face", "-o", tmp_path / "out", "--threshold", "0.95",
+                    "--verify-threshold", "0.95", "--report", report)
+    (entry,) = json.loads(report.read_text())
+    assert status == 0 and entry["status"] == "no_faces" and entry["verify_threshold"] == 0.95
 
 
 @pytest.mark.parametrize("argv, message", [
     (["missing.jpg"], "missing.jpg: no such file or folder"),
     (["{photos}", "--threshold", "1.5"], "--threshold must be between 0 and 1"),
     (["{photos}", "--threshold", "0"], "--threshold must be between 0 and 1"),
+    (["{photos}", "--verify-threshold", "1"], "--verify-threshold must be between 0 and 1"),
     (["{photos}/p_a09f6d7a.jpg", "{photos}/with_face", "-o", "{photos}/with_face"], "inside input folder"),
     (["{photos}/p_a09f6d7a.jpg", "{tmp}/copy/p_a09f6d7a.jpg"], "would both be written to"),
     (["{photos}", "--dataset", "--masks", "{tmp}/m"], "--masks cannot be combined with --dataset"),
@@ -201,13 +212,21 @@ def test_command_errors(photos, tmp_path, capsys, argv, message):
     assert not (tmp_path / "out").exists()
 
 
+def matte_for(photo: Path, dtype=np.uint8) -> np.ndarray:
+    """A plausible alpha matte of the photo's size: an opaque ellipse on a clear background."""
+    width, height = Image.open(photo).size
+    ys, xs = np.mgrid[:height, :width]
+    inside = ((xs - width / 2) / (width / 3)) ** 2 + ((ys - height / 2) / (height / 2.5)) ** 2 < 1
+    return (inside * np.iinfo(dtype).max).astype(dtype)
+
+
 def test_dataset_mode_writes_the_p3m_layout(tmp_path, capsys):
     root = tmp_path / "shoot"
     (root / "mask").mkdir(parents=True)
     shutil.copy(PORTRAITS / "p_bac3c1ff.jpg", root / "p_bac3c1ff.jpg")
     shutil.copy(PORTRAITS / "p_a09f6d7a.jpg", root / "p_a09f6d7a.jpg")
-    for name in ("p_bac3c1ff", "p_a09f6d7a"):
-        Image.fromarray(np.full((20, 30), 200, np.uint8)).save(root / "mask" / f"{name}.png")
+    Image.fromarray(matte_for(root / "p_bac3c1ff.jpg")).save(root / "mask" / "p_bac3c1ff.png")
+    Image.fromarray(matte_for(root / "p_a09f6d7a.jpg", np.uint16)).save(root / "mask" / "p_a09f6d7a.tif")
     out = tmp_path / "P3M-style"
     status, err = run(capsys, root, "-o", out, "--dataset", "--report", tmp_path / "report.json")
     assert status == 0
@@ -215,27 +234,36 @@ def test_dataset_mode_writes_the_p3m_layout(tmp_path, capsys):
     assert files == ["blurred_image/p_a09f6d7a.jpg", "blurred_image/p_bac3c1ff.jpg",
                      "facemask/p_a09f6d7a.png", "facemask/p_bac3c1ff.png",
                      "mask/p_a09f6d7a.png", "mask/p_bac3c1ff.png"]
-    assert (out / "mask" / "p_bac3c1ff.png").read_bytes() == (root / "mask" / "p_bac3c1ff.png").read_bytes()
+    assert np.array_equal(np.asarray(Image.open(out / "mask" / "p_bac3c1ff.png")), matte_for(root / "p_bac3c1ff.jpg"))
+    with Image.open(out / "mask" / "p_a09f6d7a.png") as sixteen:
+        assert sixteen.mode.startswith("I") and np.array_equal(np.asarray(sixteen),
+                                                               matte_for(root / "p_a09f6d7a.jpg", np.uint16))
     assert len(json.loads((tmp_path / "report.json").read_text())) == 2
-    assert "2 of 2 mattes copied" in err
+    assert "2 mattes written to mask/" in err
     facemask = read_mask(out / "facemask" / "p_bac3c1ff.png")
     assert facemask.max() == 255 and read_mask(out / "facemask" / "p_a09f6d7a.png").max() == 0
 
 
-def test_dataset_mode_copies_only_the_mattes_of_written_images(tmp_path, capsys):
+def test_dataset_mode_refuses_what_is_not_a_matte(tmp_path, capsys):
     root = tmp_path / "shoot"
     (root / "mask" / "sub").mkdir(parents=True)
     (root / "sub").mkdir()
-    shutil.copy(PORTRAITS / "p_bac3c1ff.jpg", root / "sub" / "p_bac3c1ff.jpg")
+    names = ("sub/p_bac3c1ff", "p_a09f6d7a", "p_0865636e", "p_22fc0130")
+    for name in names:
+        shutil.copy(PORTRAITS / f"{Path(name).name}.jpg", root / f"{name}.jpg")
     (root / "broken.jpg").write_bytes(b"not a jpeg")
-    for name in ("sub/p_bac3c1ff", "broken", "orphan"):
-        Image.fromarray(np.full((20, 30), 200, np.uint8)).save(root / "mask" / f"{name}.png")
+    Image.fromarray(matte_for(root / "sub/p_bac3c1ff.jpg")).save(root / "mask" / "sub" / "p_bac3c1ff.png")
+    Image.fromarray(matte_for(root / "p_a09f6d7a.jpg")[:-1]).save(root / "mask" / "p_a09f6d7a.png")  # wrong size
+    Image.open(PORTRAITS / "p_0865636e.jpg").save(root / "mask" / "p_0865636e.png")  # a colour photo
+    Image.fromarray(np.full((20, 30), 200, np.uint8)).save(root / "mask" / "broken.png")
     out = tmp_path / "P3M-style"
     status, err = run(capsys, root, "-o", out, "--dataset")
     assert status == 1 and f"error: {root / 'broken.jpg'}: " in err
+    assert "p_a09f6d7a.png: matte is " in err and "p_0865636e.png: not an alpha matte (mode RGB" in err
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert files == ["blurred_image/sub/p_bac3c1ff.jpg", "facemask/sub/p_bac3c1ff.png", "mask/sub/p_bac3c1ff.png"]
-    assert "1 of 3 mattes copied to mask/ (2 left out: no image written for them)" in err
+    assert files == ["blurred_image/p_22fc0130.jpg", "blurred_image/sub/p_bac3c1ff.jpg",
+                     "facemask/p_22fc0130.png", "facemask/sub/p_bac3c1ff.png", "mask/sub/p_bac3c1ff.png"]
+    assert "1 mattes written to mask/" in err
 
 
 def test_cli_mirrors_library_constants():

@@ -253,7 +253,9 @@ def test_ctrl_c_during_anonymize_still_writes_the_report(tmp_path):
                                 str(report), "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     try:
-        _wait_for(lambda: out.is_dir() and any(not path.name.startswith(".") for path in out.glob("*.jpg")),
+        # Two outputs: the first one's report entry is then surely recorded (Ctrl-C may land in the fsync
+        # that follows a rename, after the file is complete but before its entry).
+        _wait_for(lambda: out.is_dir() and sum(not path.name.startswith(".") for path in out.glob("*.jpg")) >= 2,
                   process, 180)
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=120)

@@ -272,7 +272,7 @@ def test_ellipse_follows_a_tilted_eye_line():
     steep = Face(level.box, 0.9, ((140, 110), (160, 190), (150, 165), (130, 190), (170, 190)))
     assert privacy.face_ellipse(level).angle == pytest.approx(0.0)
     assert privacy.face_ellipse(tilted).angle == pytest.approx(math.atan2(20, 50))
-    assert privacy.face_ellipse(steep).angle == pytest.approx(math.pi / 4)
+    assert privacy.face_ellipse(steep).angle == pytest.approx(math.atan2(80, 20) - math.pi / 2)  # lying sideways
     for face in (level, tilted, steep):
         ellipse = privacy.face_ellipse(face)
         points = np.asarray(face.landmarks, float)
@@ -327,27 +327,83 @@ def test_anonymize_for_model():
             privacy.anonymize_for_model(bad)
 
 
-@pytest.mark.parametrize("mode, name, kept", [
-    ("RGB", "rgb.jpg", True),
-    ("RGBA", "rgba.png", True),
-    ("L", "gray.png", True),
-    ("LA", "gray_alpha.png", True),
-    ("CMYK", "cmyk.jpg", False),  # written as RGB: a CMYK profile would misdescribe it
-    ("CMYK", "cmyk.tif", False),
-])
-def test_anonymized_file_keeps_the_colour_profile_only_for_the_same_colour_family(tmp_path, monkeypatch,
-                                                                                 mode, name, kept):
+def _suite():
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("privacy_suite", PORTRAITS.parent / "privacy_suite.py")
+    module = sys.modules.setdefault("privacy_suite", importlib.util.module_from_spec(spec))
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("mode, name", [("RGB", "rgb.jpg"), ("RGB", "rgb.png"), ("RGBA", "rgba.png"),
+                                        ("RGB", "rgb.tif"), ("RGB", "rgb.webp"), ("L", "gray.png"),
+                                        ("CMYK", "cmyk.jpg")])
+def test_anonymized_file_is_converted_to_srgb_and_carries_no_profile(tmp_path, monkeypatch, mode, name):
     from PIL import Image
 
-    noise = np.random.default_rng(1).integers(0, 256, (96, 128, 4), dtype=np.uint8)
+    halves = np.zeros((64, 128, 4), np.uint8)
+    halves[:, :64] = (255, 0, 0, 255)  # pure red on the left, pure green on the right
+    halves[:, 64:] = (0, 255, 0, 255)
     source, output = tmp_path / name, tmp_path / "out" / name
-    Image.fromarray(noise, "RGBA").convert(mode).save(source, icc_profile=b"test profile " + mode.encode())
+    profile = _suite().icc_profile("SECRET-PROFILE") if mode in ("RGB", "RGBA") else b"SECRET-PROFILE, not a profile"
+    options = {"quality": 95} if name.endswith(".jpg") else {"lossless": True} if name.endswith(".webp") else {}
+    Image.fromarray(halves, "RGBA").convert(mode).save(source, icc_profile=profile, **options)
     opened = []
     real_open = Image.open
     monkeypatch.setattr(Image, "open", lambda *args, **kwargs: opened.append(args[0]) or real_open(*args, **kwargs))
     report = privacy.anonymize_file(source, output)
     monkeypatch.undo()
     assert report.status == "no_faces" and len(opened) == 1  # one decode of the source
+    assert b"SECRET-PROFILE" not in output.read_bytes()
     with Image.open(output) as written:
-        assert written.mode == {"CMYK": "RGB"}.get(mode, mode)
-        assert written.info.get("icc_profile") == (b"test profile " + mode.encode() if kept else None)
+        assert written.mode == {"CMYK": "RGB"}.get(mode, mode) and "icc_profile" not in written.info
+        pixels = np.asarray(written.convert("RGB")).astype(int)
+    left, right = pixels[:, :64].mean(axis=(0, 1)), pixels[:, 64:].mean(axis=(0, 1))
+    if mode in ("RGB", "RGBA"):  # the profile swaps red and green: converted, the halves trade places
+        assert left[1] > left[0] + 100 and right[0] > right[1] + 100
+    elif mode == "L":  # an unreadable profile: the pixels are taken as sRGB
+        assert np.array_equal(pixels[:, :, 0], np.asarray(Image.fromarray(halves, "RGBA").convert("L")))
+
+
+# --- search geometry ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [1, 300, 2048, 2049, 2750, 7500, 20000])
+def test_tiles_cover_every_face_up_to_the_overlap_whole(length):
+    from p3m.privacy.detector import _OVERLAP, _TILE, _spans
+
+    spans = _spans(length)
+    assert spans[0].start == 0 and spans[-1].stop == length
+    assert all(span.stop - span.start <= _TILE for span in spans)
+    for before, after in zip(spans, spans[1:]):
+        assert before.stop - after.start >= _OVERLAP  # a window of _OVERLAP px anywhere lies inside one tile
+
+
+def test_fragments_and_repeats_of_one_face_are_merged():
+    from p3m.privacy.detector import merge
+
+    points = np.zeros((5, 2))
+    whole = (np.array([100.0, 100, 300, 350]), 0.8, points, True)
+    fragment = (np.array([150.0, 120, 250, 220]), 0.9, points, False)  # inside the coarse level's box
+    repeat = (np.array([104.0, 98, 305, 352]), 0.7, points, False)  # the same face from another tile
+    other = (np.array([400.0, 100, 500, 220]), 0.6, points, False)
+    faces = merge([fragment, whole, repeat, other])
+    assert [face.box for face in faces] == [(100, 100, 300, 350), (400, 100, 500, 220)]
+
+
+@pytest.mark.parametrize("turns", [1, 2, 3])
+def test_turned_faces_are_found_and_mapped_back(turns):
+    image = load("p_bac3c1ff")
+    (upright,) = faces_of("p_bac3c1ff")
+    (face,) = privacy.detect_faces(np.ascontiguousarray(np.rot90(image, turns)))
+    height, width = image.shape[:2]
+    x0, y0, x1, y1 = upright.box
+    corners = np.array([[x0, y0], [x1, y1]])
+    for _ in range(turns):  # where the upright box lies in the turned image (counterclockwise turns)
+        corners = np.stack([corners[:, 1], width - corners[:, 0]], axis=1)
+        height, width = width, height
+    expected = (*corners.min(axis=0), *corners.max(axis=0))
+    assert iou(face.box, expected) > 0.6
+    assert privacy.anonymize(np.ascontiguousarray(np.rot90(image, turns))).verified

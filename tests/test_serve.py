@@ -287,9 +287,9 @@ def test_anonymize_returns_the_file_p3m_anonymize_writes_and_leaves_no_file(clie
 
 
 def test_failed_verification_is_422_without_an_image(client, monkeypatch):
-    import p3m.privacy.pipeline as pipeline
+    import p3m.privacy.files as files
 
-    monkeypatch.setattr(pipeline, "obfuscate", lambda image, faces, method: image.copy())
+    monkeypatch.setattr(files, "obfuscate", lambda image, faces, method, **options: image.copy())
     response = client.post("/v1/anonymize", files=upload((PORTRAITS / "p_07141906.jpg").read_bytes(), "a.jpg"))
     assert response.status_code == 422
     body = response.json()

@@ -18,10 +18,10 @@ DEFAULT_THRESHOLD = 0.5
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "anonymize", help="blur, pixelate or fill the faces in images, and verify none is left",
-        description="Detect faces, obfuscate them, and detect again on the result: an image in which a face "
-                    "is still found is reported as not anonymized, is not written, and makes the command "
-                    "exit with status 1. Outputs keep the input's format (JPEG at quality 95) without its "
-                    "metadata.")
+        description="Detect faces in every frame as a viewer sees it, obfuscate them, and detect again on the "
+                    "result: an image in which a face is still found is reported as not anonymized, is not "
+                    "written (an earlier output of it is removed), and makes the command exit with status 1. "
+                    "Outputs keep the input's format (JPEG at quality 95) and frames, in sRGB, without metadata.")
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image files, folders (searched recursively) or glob patterns")
     parser.add_argument("-o", "--out-dir", dest="output", required=True, metavar="OUT",
@@ -34,19 +34,22 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, metavar="T",
                         help=f"face detection score threshold in (0, 1) (default {DEFAULT_THRESHOLD}); "
                              "lower finds more faces")
+    parser.add_argument("--verify-threshold", type=float, metavar="T",
+                        help="score threshold of the check on the outputs (default: the lower of --threshold and "
+                             f"{DEFAULT_THRESHOLD}, so a raised --threshold never loosens the check)")
     parser.add_argument("--dataset", action="store_true",
                         help="INPUT is one folder: write a P3M-10k tree OUT/blurred_image/ and OUT/facemask/, "
-                             "and copy the alpha mattes in INPUT/mask/ (skipped as inputs) of the images written "
-                             "to OUT/mask/")
+                             "and the alpha mattes in INPUT/mask/ (skipped as inputs; single-channel 8/16-bit, "
+                             "the photo's size, no face in them) re-encoded as PNG to OUT/mask/")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
 
 def _plan(args) -> tuple[list, list, list, list]:
-    """(pairs, outputs, masks, alpha copies) for the chosen layout.
+    """(pairs, outputs, masks, mattes) for the chosen layout.
 
-    An alpha copy is (source, target, key): the matte is copied only when the
-    image whose relative path without suffix is ``key`` was written.
+    ``mattes`` has one (source, PNG target) per pair in dataset mode, or
+    None where the image has no matte; it is empty otherwise.
     """
     from p3m.inputs import check_output_folder, collect_inputs, output_paths
 
@@ -65,10 +68,12 @@ def _plan(args) -> tuple[list, list, list, list]:
             if not pairs:
                 raise CommandError(f"{root}: no images outside its mask/ folder")
             alphas = collect_inputs([str(root / "mask")]) if (root / "mask").is_dir() else []
-            alpha_copies = [(source, target, relative.with_suffix(""))
-                            for (source, relative), target in zip(alphas, output_paths(alphas, out / "mask"))]
+            by_key = {relative.with_suffix(""): source for source, relative in alphas}
+            targets = output_paths(pairs, out / "mask", ".png")
+            mattes = [(by_key[relative.with_suffix("")], target) if relative.with_suffix("") in by_key else None
+                      for (_, relative), target in zip(pairs, targets)]
             return (pairs, output_paths(pairs, out / "blurred_image"),
-                    output_paths(pairs, out / "facemask", ".png"), alpha_copies)
+                    output_paths(pairs, out / "facemask", ".png"), mattes)
         pairs = collect_inputs(args.inputs)
         outputs = output_paths(pairs, out)
         masks = output_paths(pairs, args.masks, ".png") if args.masks else [None] * len(pairs)
@@ -82,20 +87,12 @@ def _plan(args) -> tuple[list, list, list, list]:
         raise CommandError(str(error)) from None
 
 
-def _copy(source: Path, target: Path, root: Path) -> None:
-    import shutil
-
-    from p3m.io import RunInputs, atomic_write
-
-    atomic_write(target, lambda tmp: shutil.copyfile(source, tmp), root=root, inputs=RunInputs([source]))
-
-
-def _check_report(args, pairs, outputs, masks, alpha_copies) -> None:
+def _check_report(args, pairs, outputs, masks, mattes) -> None:
     """Refuse a --report that would replace an input or one of the run's outputs."""
     from p3m.io import RunInputs, UnsafeOutputError, check_destination
 
     protected = RunInputs([source for source, _ in pairs] + list(outputs) + [m for m in masks if m is not None]
-                          + [source for source, _, _ in alpha_copies] + [target for _, target, _ in alpha_copies])
+                          + [path for matte in mattes if matte is not None for path in matte])
     try:
         check_destination(args.report, inputs=protected)
     except UnsafeOutputError:
@@ -124,11 +121,13 @@ def _guard_folders(outputs: list, out_root: Path, masks_root: Path | None, masks
 
 
 def run(args: argparse.Namespace) -> int:
-    if not 0.0 < args.threshold < 1.0:
-        raise CommandError(f"--threshold must be between 0 and 1, got {args.threshold}")
-    pairs, outputs, masks, alpha_copies = _plan(args)
+    for name in ("threshold", "verify_threshold"):
+        value = getattr(args, name)
+        if value is not None and not 0.0 < value < 1.0:
+            raise CommandError(f"--{name.replace('_', '-')} must be between 0 and 1, got {value}")
+    pairs, outputs, masks, mattes = _plan(args)
     if args.report:
-        _check_report(args, pairs, outputs, masks, alpha_copies)
+        _check_report(args, pairs, outputs, masks, mattes)
 
     from tqdm import tqdm
 
@@ -140,18 +139,22 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(str(error)) from None
 
     reports = []
-    jobs = list(zip(pairs, outputs, masks))
+    jobs = list(zip(pairs, outputs, masks, mattes or [None] * len(pairs)))
     quiet = args.quiet or len(jobs) < 2
     refused = _guard_folders(outputs, Path(args.output), Path(args.masks) if args.masks else None, masks)
     interrupted = False
     try:
-        for (source, _), output, mask in tqdm(jobs, unit="image", disable=True if quiet else None, file=sys.stderr):
+        for (source, _), output, mask, matte in tqdm(jobs, unit="image", disable=True if quiet else None,
+                                                     file=sys.stderr):
             problem = refused.get(output) or refused.get(mask)
             if problem is not None:
                 report = privacy.FileReport(source, None, "error", error=problem)
             else:
                 try:
-                    report = privacy.anonymize_file(source, output, mask, args.method, args.threshold, detector)
+                    report = privacy.anonymize_file(source, output, mask, args.method, args.threshold, detector,
+                                                    args.verify_threshold)
+                    if matte is not None:
+                        _write_matte(report, *matte, (output, mask), detector, Path(args.output))
                 except Exception as error:  # noqa: BLE001 - one file's failure must not end the batch
                     report = privacy.FileReport(source, None, "error", error=f"{source}: {type(error).__name__}: "
                                                 f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}")
@@ -160,18 +163,6 @@ def run(args: argparse.Namespace) -> int:
             reports.append(report)
     except KeyboardInterrupt:
         interrupted = True
-
-    # Only the mattes of written images, so that OUT stays a paired tree.
-    written = {relative.with_suffix("") for (_, relative), report in zip(pairs, reports) if report.output is not None}
-    copies = [(source, target) for source, target, key in alpha_copies if key in written]
-    copy_failures = 0
-    for source, target in ([] if interrupted else copies):
-        try:
-            _copy(source, target, Path(args.output))
-        except (OSError, ValueError) as error:
-            copy_failures += 1
-            print(f"error: {source}: cannot copy to {target} ({getattr(error, 'strerror', None) or error})",
-                  file=sys.stderr)
 
     if args.report:
         from p3m.io import write_text
@@ -187,9 +178,28 @@ def run(args: argparse.Namespace) -> int:
         print(f"p3m anonymize: interrupted after {len(reports)} of {len(jobs)} images: {summary} -> {args.output}",
               file=sys.stderr)
         return 130
-    if alpha_copies:
-        summary += f"; {len(copies) - copy_failures} of {len(alpha_copies)} mattes copied to mask/"
-        if len(copies) < len(alpha_copies):
-            summary += f" ({len(alpha_copies) - len(copies)} left out: no image written for them)"
+    if mattes:
+        written = sum(matte is not None and report.ok for matte, report in zip(mattes, reports))
+        summary += f"; {written} mattes written to mask/"
     print(f"p3m anonymize: {summary} -> {args.output}", file=sys.stderr)
-    return 0 if all(report.ok for report in reports) and not copy_failures else 1
+    return 0 if all(report.ok for report in reports) else 1
+
+
+def _write_matte(report, source: Path, target: Path, image_outputs: tuple, detector, root: Path) -> None:
+    """Re-encode the matte of a written image to ``target``; a refused matte fails its image, and
+    nothing of the image stays under OUT."""
+    from p3m import privacy
+    from p3m.io import ImageReadError, RunInputs, save_image
+
+    if report.ok:
+        try:
+            save_image(target, privacy.load_matte(source, report.size, report.verify_threshold, detector),
+                       root=root, inputs=RunInputs([source]))
+            return
+        except ImageReadError as error:
+            report.fail(str(error))
+        except privacy.DetectorError as error:
+            report.fail(f"{source}: cannot be searched for faces ({error})")
+        except (OSError, ValueError) as error:
+            report.fail(f"{target}: cannot write ({error})")
+    privacy.remove_outputs(*image_outputs, target)

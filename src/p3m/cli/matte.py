@@ -31,9 +31,13 @@ def add_parser(subparsers) -> None:
                         help="comma-separated: alpha, rgba, composite, trimap (default alpha,rgba)")
     parser.add_argument("--background", default="white", metavar="COLOR|IMAGE",
                         help="composite background: a colour (white, #00ff00, 0,255,0) or an image file")
-    parser.add_argument("--foreground", default="estimate", choices=("estimate", "original"),
-                        help="cutout colour at soft edges: estimate (removes the old background) or original")
+    parser.add_argument("--foreground", default="estimate", choices=("estimate", "ml", "original"),
+                        help="cutout colour at soft edges: estimate (blur fusion, removes the old background), "
+                             "ml (pymatting's multi-level estimator, slower) or original")
     parser.add_argument("--alpha-depth", type=int, default=8, choices=(8, 16), help="bits per alpha pixel")
+    parser.add_argument("--png-compression", type=int, choices=range(10), metavar="0-9",
+                        help="zlib level of every PNG written, 0 (fastest, largest) to 9 (smallest); "
+                             "the default is a fast level (see README)")
     parser.add_argument("--privacy", action="store_true",
                         help="blur faces before the network sees the image (the alpha is for the original)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -61,7 +65,8 @@ def _run(args: argparse.Namespace, local: list[str], urls: list[str], download_d
     try:
         options = MatteOptions(outputs=tuple(kind.strip() for kind in args.outputs.split(",") if kind.strip()),
                                background=args.background, foreground=args.foreground,
-                               alpha_depth=args.alpha_depth, overwrite=args.overwrite)
+                               alpha_depth=args.alpha_depth, overwrite=args.overwrite,
+                               **({} if args.png_compression is None else {"png_compression": args.png_compression}))
         check_output_folder(args.out_dir, local)
         pairs = collect_inputs(local) if local else []
     except (ValueError, FileNotFoundError) as error:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
 
 import cv2
 import numpy as np
@@ -14,6 +15,9 @@ from p3m.inference.pipeline import STRATEGIES, Method, smallest_supported_side
 from p3m.io import ImageInput, ImageReadError, read_image
 from p3m.models.registry import get_spec
 from p3m.weights import resolve
+
+if TYPE_CHECKING:
+    from p3m.privacy import PrivacyRecord
 
 # The official sample script shrinks images whose shorter side exceeds this (cv2, bilinear)
 # before inference and resizes the alpha back; p3m does the same by default.
@@ -27,11 +31,14 @@ class MatteResult:
     image:  (H, W, 3) uint8 RGB, as read (EXIF orientation applied).
     alpha:  (H, W) float32 in [0, 1].
     trimap: (H, W) uint8 in {0, 128, 255}, the global (semantic) prediction.
+    privacy: in privacy mode, how many faces were hidden from the network and
+        that no face was detected in what it saw; ``None`` otherwise.
     """
 
     image: np.ndarray
     alpha: np.ndarray
     trimap: np.ndarray
+    privacy: Optional[PrivacyRecord] = None
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -64,8 +71,10 @@ class Matter:
         shorter_side_limit: images whose shorter side exceeds it are shrunk first
             (the official sample script's 1080); ``None`` disables it, as the
             official dataset evaluation does.
-        privacy: obfuscate faces before the network sees the image (see README);
-            the alpha is still returned for the original photo.
+        privacy: obfuscate faces before the network sees the image and verify
+            that none is detected there, else raise ``p3m.privacy.PrivacyError``
+            without running the network (see README); the alpha is still
+            returned for the original photo.
 
     Images too small for a 1/2-scale pass of 32 px (shorter side < 64) are
     upscaled to a shorter side of 64 for inference; the alpha is resized back.
@@ -111,18 +120,18 @@ class Matter:
         height, width = rgb.shape[:2]
         if height == 0 or width == 0:
             raise ImageReadError(f"{_name(image)}: empty image ({width}x{height})")
-        seen = rgb
+        seen, record = rgb, None
         if self.privacy:
-            from p3m.privacy import anonymize_for_model
+            from p3m.privacy import hide_faces_for_model
 
-            seen = anonymize_for_model(rgb)
+            seen, record = hide_faces_for_model(rgb)
         working = _working_image(seen, self.shorter_side_limit)
         strategy = STRATEGIES[self.method]
         alpha, trimap = strategy(self.network, working, self.max_size, self.spec.mean, self.spec.std, self.device)
         if working.shape[:2] != (height, width):
             alpha = np.clip(cv2.resize(alpha, (width, height), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
             trimap = cv2.resize(trimap, (width, height), interpolation=cv2.INTER_NEAREST)
-        return MatteResult(image=rgb, alpha=alpha, trimap=trimap)
+        return MatteResult(image=rgb, alpha=alpha, trimap=trimap, privacy=record)
 
 
 def _working_image(image: np.ndarray, shorter_side_limit: int | None) -> np.ndarray:

@@ -1,31 +1,39 @@
-"""Anonymizing image files: same format out as in, metadata dropped, fail-closed."""
+"""Anonymizing image files: every visible pixel checked, same format out, no metadata, fail-closed."""
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageCms, ImageOps
 
-from p3m.io import ImageReadError, open_image, to_rgb8, save_image
-from p3m.privacy.detector import DEFAULT_THRESHOLD, Face, FaceDetector
-from p3m.privacy.obfuscate import face_mask
-from p3m.privacy.pipeline import anonymize
+from p3m.io import ImageReadError, atomic_write, open_image, save_image, to_rgb8
+from p3m.privacy.detector import DEFAULT_THRESHOLD, DetectorError, Face, FaceDetector, detect_faces, merge_faces
+from p3m.privacy.obfuscate import face_mask, obfuscate
+from p3m.privacy.pipeline import OBFUSCATION_ROUNDS, default_verify_threshold
 
 STATUSES = ANONYMIZED, NO_FACES, NOT_ANONYMIZED, ERROR = "anonymized", "no_faces", "not_anonymized", "error"
 JPEG_QUALITY = 95
+_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF",
+            ".webp": "WEBP", ".gif": "GIF"}
+_MULTI_FRAME_FORMATS = frozenset({"PNG", "TIFF", "WEBP", "GIF"})
+_SRGB = ImageCms.createProfile("sRGB")
 
 
 @dataclass
 class FileReport:
     """What happened to one input file; ``to_dict`` gives its JSON report entry.
 
-    ``status`` is ``anonymized`` (faces obfuscated and verified),
-    ``no_faces`` (none detected; written with the pixels as read),
-    ``not_anonymized`` (a face is still detected after obfuscation; nothing
-    written) or ``error`` (unreadable input or failed write).
+    ``status`` is ``anonymized`` (faces obfuscated and verified; ``faces``
+    lists every face obfuscated, also those only the check found),
+    ``no_faces`` (none detected, nor by the verification; written with the
+    pixels as read), ``not_anonymized`` (a face is still detected after
+    obfuscation; nothing written) or ``error`` (unreadable input, an image
+    that cannot be searched, or a failed write). Whenever nothing is written,
+    an earlier run's output for the file is removed.
     """
 
     input: Path
@@ -33,101 +41,289 @@ class FileReport:
     status: str
     faces: list[Face] = field(default_factory=list)
     error: Optional[str] = None
+    frames: int = 1
+    face_frames: list[int] = field(default_factory=list)  # the frame of each face
+    threshold: float = DEFAULT_THRESHOLD
+    verify_threshold: float = DEFAULT_THRESHOLD
+    size: Optional[tuple[int, int]] = None  # (width, height) as written, EXIF orientation applied
 
     @property
     def ok(self) -> bool:
         return self.status in (ANONYMIZED, NO_FACES)
 
+    def fail(self, error: str) -> None:
+        """Mark the file failed after the fact (its outputs are the caller's to remove)."""
+        self.status, self.output, self.error = ERROR, None, error
+
     def to_dict(self) -> dict:
+        faces = [face.to_dict() for face in self.faces]
+        if self.frames > 1:
+            faces = [{**entry, "frame": frame} for entry, frame in zip(faces, self.face_frames)]
         return {
             "input": str(self.input),
             "output": str(self.output) if self.output is not None else None,
-            "faces": [face.to_dict() for face in self.faces],
+            "faces": faces,
             "status": self.status,
             "error": self.error,
+            "frames": self.frames,
+            "threshold": self.threshold,
+            "verify_threshold": self.verify_threshold,
         }
 
 
 @dataclass
-class _Source:
-    image: np.ndarray  # (H, W, 3) uint8 RGB
-    gray: bool
+class _Frame:
+    image: np.ndarray  # (H, W, 3) uint8 RGB, sRGB
     alpha: Optional[np.ndarray]  # (H, W) uint8
-    icc_profile: Optional[bytes]
+    duration: Optional[float]  # milliseconds
 
 
-# Source modes whose colour profile still describes the written pixels: gray sources are
-# written gray, these colour ones RGB(A). Others (CMYK, LAB, YCbCr) are converted to RGB,
-# so their profile would be wrong for the output and is dropped.
-_RGB_MODES = frozenset({"RGB", "RGBA", "RGBX", "RGBa", "P"})
+@dataclass
+class _Source:
+    frames: list[_Frame]
+    gray: bool
+    loop: Optional[int]
+
+
+def _srgb_transform(image: Image.Image, mode: str):
+    """A transform of ``mode`` pixels from the file's colour profile to sRGB, or None (no usable profile)."""
+    profile = image.info.get("icc_profile")
+    if not profile or mode not in ("RGB", "CMYK", "L"):
+        return None
+    try:
+        return ImageCms.buildTransform(ImageCms.ImageCmsProfile(io.BytesIO(profile)), _SRGB, mode, "RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return None  # unreadable or mismatched profile: the pixels are taken as sRGB
+
+
+def _frame(image: Image.Image, has_alpha: bool) -> _Frame:
+    """One decoded frame as sRGB pixels and alpha, its EXIF orientation applied."""
+    upright = ImageOps.exif_transpose(image)
+    alpha = np.asarray(upright.convert("RGBA").getchannel("A")) if has_alpha else None
+    colour = upright.convert("RGB") if upright.mode in ("RGBA", "RGBa", "RGBX", "P", "PA", "LA") else upright
+    transform = _srgb_transform(image, colour.mode)
+    rgb = to_rgb8(ImageCms.applyTransform(colour, transform) if transform is not None else colour)
+    return _Frame(rgb, alpha, image.info.get("duration"))
 
 
 def _read_source(path: Path) -> _Source:
-    """Pixels, channels and colour profile of ``path``, from one decode."""
+    """Every frame of ``path`` in sRGB with its alpha, from one decode.
+
+    Raises:
+        ImageReadError: unreadable, or its frames together exceed Pillow's pixel cap.
+    """
     with open_image(path) as source:  # every failure is an ImageReadError naming the file
-        bands = source.getbands()
-        gray = source.mode != "P" and len([band for band in bands if band != "A"]) == 1
-        upright = ImageOps.exif_transpose(source)
-        image = to_rgb8(upright)
-        alpha = None
-        if "A" in bands or (source.mode == "P" and "transparency" in source.info):
-            alpha = np.asarray(upright.convert("RGBA").getchannel("A"))
-        icc_profile = source.info.get("icc_profile") if gray or source.mode in _RGB_MODES else None
-        return _Source(image, gray, alpha, icc_profile)
+        count = getattr(source, "n_frames", 1)
+        limit = Image.MAX_IMAGE_PIXELS
+        if count > 1 and limit is not None and count * source.width * source.height > limit:
+            raise ImageReadError(f"{path}: refused, {count} frames of {source.width}x{source.height} pixels "
+                                 f"exceed the limit of {limit} pixels in all")
+        gray = count == 1 and source.mode not in ("P", "PA") and len([b for b in source.getbands() if b != "A"]) == 1
+        frames = []
+        for index in range(count):
+            source.seek(index)
+            has_alpha = "A" in source.getbands() or "transparency" in source.info
+            frames.append(_frame(source, has_alpha))
+        loop = source.info.get("loop")
+    if any(frame.alpha is not None for frame in frames):
+        for frame in frames:
+            if frame.alpha is None:
+                frame.alpha = np.full(frame.image.shape[:2], 255, np.uint8)
+    return _Source(frames, gray, loop)
 
 
-def _write_like_source(path: Path, image: np.ndarray, source: _Source) -> None:
-    """Write ``image`` with the source's channels (gray, alpha) in the format ``path``'s suffix names."""
-    array = image[:, :, :1] if source.gray else image
-    if source.alpha is not None:
-        array = np.concatenate([array, source.alpha[:, :, None]], axis=2)
-    if array.shape[2] == 1:
-        array = array[:, :, 0]
-    suffix = path.suffix.lower()
+def views(image: np.ndarray, alpha: Optional[np.ndarray]) -> list[np.ndarray]:
+    """What a viewer can see of an image: (H, W, 3) uint8 RGB images.
+
+    Opaque: the image. With alpha ((H, W) uint8): the image over white, over
+    black, and the alpha channel itself as a gray image.
+    """
+    if alpha is None:
+        return [image]
+    weight = alpha[:, :, None].astype(np.float32) / 255.0
+    over_black = np.rint(image * weight).astype(np.uint8)
+    over_white = np.rint(image * weight + 255.0 * (1.0 - weight)).astype(np.uint8)
+    return [over_white, over_black, np.repeat(alpha[:, :, None], 3, axis=2)]
+
+
+def _detect(frame: _Frame, threshold: float, detector: Optional[FaceDetector]) -> list[Face]:
+    return merge_faces([face for view in views(frame.image, frame.alpha)
+                        for face in detect_faces(view, threshold, detector)])
+
+
+def _hidden(frame: _Frame, faces: list[Face], method: str) -> _Frame:
+    """The frame with its faces obfuscated in what is seen: colour and alpha."""
+    if not faces:
+        return frame
+    image = obfuscate(frame.image, faces, method)
+    alpha = frame.alpha
+    if alpha is not None:  # a face drawn by the alpha channel is hidden there; a filled face becomes opaque
+        alpha = obfuscate(np.repeat(alpha[:, :, None], 3, axis=2), faces, method, fill_color=(255, 255, 255))[:, :, 0]
+    return _Frame(image, alpha, frame.duration)
+
+
+def _hide(frame: _Frame, faces: list[Face], method: str, threshold: float,
+          detector: Optional[FaceDetector]) -> tuple[_Frame, list[Face], list[Face]]:
+    """Obfuscate, check, and obfuscate again what is still found (up to OBFUSCATION_ROUNDS passes).
+
+    A face that only the check finds (it runs at a lower threshold than the
+    detection, or a blurred face kept a face's shape) is obfuscated too.
+
+    Returns:
+        the frame, the faces still detected (empty: verified), and every face
+        obfuscated, one entry per face.
+    """
+    remaining, covered = faces, []
+    for _ in range(OBFUSCATION_ROUNDS):
+        frame = _hidden(frame, remaining, method)
+        covered = merge_faces([*covered, *remaining])
+        remaining = _detect(frame, threshold, detector)
+        if not remaining:
+            break
+    return frame, remaining, covered
+
+
+def _output_format(path: Path) -> str:
+    return _FORMATS.get(path.suffix.lower(), "PNG")
+
+
+def _array(frame: _Frame, gray: bool) -> np.ndarray:
+    """(H, W), (H, W, 2), (H, W, 3) or (H, W, 4) uint8: the frame with the source's channels."""
+    array = frame.image[:, :, 0] if gray else frame.image
+    if frame.alpha is not None:
+        array = np.dstack([array, frame.alpha])
+    return np.ascontiguousarray(array)
+
+
+def _write_like_source(path: Path, frames: list[_Frame], source: _Source) -> None:
+    """Write ``frames`` with the source's channels (gray, alpha) in the format ``path``'s suffix names.
+
+    Pixels are sRGB and no metadata is written (no profile, EXIF, XMP, text
+    or comment). A format without frames (JPEG, BMP) gets the first frame.
+    """
+    pillow_format = _output_format(path)
     options: dict = {}
-    if suffix in (".jpg", ".jpeg"):
+    if pillow_format == "JPEG":
         options["quality"] = JPEG_QUALITY
-    elif suffix == ".webp":
+    elif pillow_format == "WEBP":
         options["lossless"] = True
-    if source.icc_profile and suffix in (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp"):
-        options["icc_profile"] = source.icc_profile
-    save_image(path, array, **options)
+    if pillow_format not in _MULTI_FRAME_FORMATS:
+        frames = frames[:1]
+    images = [Image.fromarray(_array(frame, source.gray)) for frame in frames]
+    if len(images) > 1:
+        options.update(save_all=True, append_images=images[1:])
+    durations = [frame.duration for frame in frames]
+    if len(images) > 1 and all(duration is not None for duration in durations):
+        options["duration"] = durations
+    if len(images) > 1 and source.loop is not None and pillow_format in ("GIF", "PNG", "WEBP"):
+        options["loop"] = source.loop
+    if len(images) > 1 and pillow_format == "GIF" and frames[0].alpha is not None:
+        options["disposal"] = 2
+    atomic_write(path, lambda tmp: images[0].save(tmp, format=pillow_format, **options))
+
+
+def remove_outputs(*paths: Optional[os.PathLike]) -> None:
+    """Remove the outputs (this or an earlier run's) of a file that fails: nothing of it stays."""
+    for path in paths:
+        if path is not None and (Path(path).is_file() or Path(path).is_symlink()):
+            Path(path).unlink()
 
 
 def anonymize_file(source: os.PathLike, output: os.PathLike, mask_output: Optional[os.PathLike] = None,
                    method: str = "blur", threshold: float = DEFAULT_THRESHOLD,
-                   detector: Optional[FaceDetector] = None) -> FileReport:
+                   detector: Optional[FaceDetector] = None, verify_threshold: Optional[float] = None) -> FileReport:
     """Anonymize one image file; never raises for a bad input or a failed write.
 
-    The output keeps the input's format (JPEG at quality 95, WebP lossless),
-    channels and colour profile, with EXIF orientation applied and all other
-    metadata (GPS, camera, dates) dropped. When a face is still detected after
-    obfuscation nothing is written (fail-closed).
+    Every frame (animated GIF, WebP and PNG, multi-page TIFF) is searched as a
+    viewer sees it: an image with transparency over white, over black and
+    its alpha channel as an image; faces are obfuscated in the colour and the
+    alpha channels, and the result is searched again the same way. The
+    output keeps the input's format (JPEG at quality 95, WebP lossless),
+    channels and frames, with EXIF orientation applied, colours converted to
+    sRGB and no metadata at all (profile, EXIF, XMP, text chunks, comments).
+    When a face is still detected after obfuscation, nothing is written and
+    an earlier output of the file is removed (fail-closed).
 
     Args:
         source: input image.
         output: where the anonymized image goes (its suffix picks the format).
-        mask_output: optional PNG face mask (255 on faces, 0 elsewhere).
+        mask_output: optional PNG face mask (255 on faces of any frame, 0 elsewhere).
         method, threshold: as in :func:`p3m.privacy.anonymize`.
+        verify_threshold: threshold of the check on the output; by default
+            the lower of ``threshold`` and the default threshold.
     """
     source, output = Path(source), Path(output)
+    mask_output = Path(mask_output) if mask_output is not None else None
+    check = default_verify_threshold(threshold) if verify_threshold is None else verify_threshold
+    report = FileReport(source, None, ERROR, threshold=threshold, verify_threshold=check)
     try:
         loaded = _read_source(source)
+        report.frames = len(loaded.frames)
+        report.size = loaded.frames[0].image.shape[1::-1]
+        hidden, remaining, hidden_faces = [], [], []
+        for index, frame in enumerate(loaded.frames):
+            frame, left, covered = _hide(frame, _detect(frame, threshold, detector), method, check, detector)
+            hidden.append(frame)
+            hidden_faces.append(covered)
+            remaining += [(index, face) for face in left]
+        report.faces = [face for faces in hidden_faces for face in faces]
+        report.face_frames = [index for index, faces in enumerate(hidden_faces) for _ in faces]
     except ImageReadError as error:
-        return FileReport(source, None, ERROR, error=str(error))
-    result = anonymize(loaded.image, method, threshold, detector)
-    if not result.verified:
-        best = max(face.score for face in result.remaining)
-        return FileReport(source, None, NOT_ANONYMIZED, result.faces,
-                          f"{source}: {len(result.remaining)} face(s) still detected after {method} "
-                          f"(best score {best:.2f}); output not written")
-    try:
-        _write_like_source(output, result.image, loaded)
-        if mask_output is not None:
-            save_image(Path(mask_output), face_mask(loaded.image.shape, result.faces))
-    except (OSError, ValueError) as error:
-        return FileReport(source, None, ERROR, result.faces, f"{output}: cannot write ({error})")
-    return FileReport(source, output, ANONYMIZED if result.faces else NO_FACES, result.faces)
+        report.error = str(error)
+    except DetectorError as error:
+        report.error = f"{source}: cannot be searched for faces ({error}); output not written"
+    else:
+        if remaining:
+            best = max(face.score for _, face in remaining)
+            where = f" in frame {remaining[0][0]}" if report.frames > 1 else ""
+            report.status = NOT_ANONYMIZED
+            report.error = (f"{source}: {len(remaining)} face(s) still detected{where} after {method} "
+                            f"(best score {best:.2f}); output not written")
+        else:
+            try:
+                _write_like_source(output, hidden, loaded)
+                if mask_output is not None:
+                    shape = loaded.frames[0].image.shape
+                    save_image(mask_output, np.max([face_mask(shape, faces) for faces in hidden_faces], axis=0))
+            except (OSError, ValueError) as error:
+                report.error = f"{output}: cannot write ({error})"
+            else:
+                report.output, report.status = output, ANONYMIZED if report.faces else NO_FACES
+    if not report.ok:
+        remove_outputs(output, mask_output)
+    return report
+
+
+def load_matte(path: os.PathLike, size: tuple[int, int], threshold: float = DEFAULT_THRESHOLD,
+               detector: Optional[FaceDetector] = None) -> np.ndarray:
+    """Decode an alpha matte that goes into an anonymized dataset, checking that it is one.
+
+    Args:
+        path: the matte file.
+        size: (width, height) of its photo as written.
+
+    Returns:
+        (H, W) uint8 or uint16: the matte's pixels only (re-encode them: no
+        metadata of the file goes along).
+
+    Raises:
+        ImageReadError: unreadable, not a single-channel 8- or 16-bit image,
+            not the photo's size, or a face is detected in it (a photo, not a matte).
+    """
+    path = Path(path)
+    with open_image(path) as image:
+        if image.mode not in ("L", "I;16", "I;16L", "I;16B") or getattr(image, "n_frames", 1) != 1:
+            raise ImageReadError(f"{path}: not an alpha matte (mode {image.mode}, {getattr(image, 'n_frames', 1)} "
+                                 "frame(s); expected one single-channel 8- or 16-bit image)")
+        if image.size != tuple(size):
+            raise ImageReadError(f"{path}: matte is {image.width}x{image.height}, its photo {size[0]}x{size[1]}")
+        matte = np.array(image, dtype=np.uint8 if image.mode == "L" else np.uint16)
+    gray = matte if matte.dtype == np.uint8 else (matte.astype(np.float32) / 257.0).round().astype(np.uint8)
+    faces = detect_faces(np.repeat(gray[:, :, None], 3, axis=2), threshold, detector)
+    if faces:
+        raise ImageReadError(f"{path}: a face is detected in this matte (score {faces[0].score:.2f}); "
+                             "it looks like a photo, not an alpha matte")
+    return matte
 
 
 def summarize(reports: list[FileReport]) -> str:

@@ -52,14 +52,16 @@ class Ellipse:
 def face_ellipse(face: Face, margin: float = DEFAULT_MARGIN) -> Ellipse:
     """The region to obfuscate for one face.
 
-    The box's half sides grown by ``margin`` give the axes; the eye line (clamped
-    to +-45 degrees) gives the angle; the ellipse is then scaled up, if needed,
+    The box's half sides grown by ``margin`` give the axes; the eye line's tilt
+    from the nearest multiple of 90 degrees (a face may lie sideways or upside
+    down) gives the angle; the ellipse is then scaled up, if needed,
     until every landmark is inside with the same relative margin.
     """
     x0, y0, x1, y1 = face.box
     (left_x, left_y), (right_x, right_y) = face.landmarks[0], face.landmarks[1]
     angle = math.atan2(right_y - left_y, right_x - left_x)
-    angle = max(-math.pi / 4, min(math.pi / 4, angle))
+    # the box is upright for a face turned by a multiple of 90 degrees: the tilt is taken from the nearest one
+    angle = (angle + math.pi / 4) % (math.pi / 2) - math.pi / 4
     grow = 1.0 + margin
     ellipse = Ellipse((x0 + x1) / 2, (y0 + y1) / 2, max(x1 - x0, 1.0) / 2 * grow, max(y1 - y0, 1.0) / 2 * grow, angle)
     points = np.asarray(face.landmarks, dtype=np.float64)

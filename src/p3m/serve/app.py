@@ -548,7 +548,7 @@ def _matte_job(data: bytes, request: _MatteRequest) -> bytes:
     image, _ = _decode(data)
     result = request.matter.predict(image)
     ((_, array),) = output_images(result, (request.output,), request.options, request.background)
-    return encode_png(array)
+    return encode_png(array, request.options.png_compression)
 
 
 def _anonymize_job(data: bytes, method: str, threshold: float):

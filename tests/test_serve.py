@@ -300,10 +300,10 @@ def test_failed_verification_is_422_without_an_image(client, monkeypatch):
 def test_a_failed_write_is_a_500_without_paths_or_traceback(client, monkeypatch):
     import p3m.privacy.files as files
 
-    def full_disk(path, array, **options):
+    def full_disk(path, write, **guards):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(files, "save_image", full_disk)
+    monkeypatch.setattr(files, "atomic_write", full_disk)
     response = client.post("/v1/anonymize", files=upload(portrait_png()))
     assert response.status_code == 500
     assert response.json() == {"error": "the anonymized image could not be written; the server log has the details"}

@@ -26,18 +26,21 @@ def loopback_is_public(monkeypatch):
 
 @pytest.mark.parametrize("address", ["127.0.0.1", "127.9.9.9", "10.1.2.3", "172.16.0.1", "192.168.1.1",
                                      "169.254.169.254", "0.0.0.0", "100.64.0.1", "224.0.0.1", "::1", "fe80::1",
-                                     "fc00::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::"])
+                                     "fc00::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::",
+                                     "::7f00:1", "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "2002:7f00:1::",
+                                     "2002:a00:1::1"])
 def test_non_public_addresses_are_refused(address):
     assert is_refused_address(address)
 
 
-@pytest.mark.parametrize("address", ["8.8.8.8", "93.184.216.34", "2606:4700:4700::1111", "::ffff:8.8.8.8"])
+@pytest.mark.parametrize("address", ["8.8.8.8", "93.184.216.34", "2606:4700:4700::1111", "::ffff:8.8.8.8",
+                                     "64:ff9b::808:808", "2002:808:808::1"])
 def test_public_addresses_pass(address):
     assert not is_refused_address(address)
 
 
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.com/x.jpg", "gopher://x", "data:,hi",
-                                 "http:///nohost", "javascript:alert(1)"])
+                                 "http:///nohost", "javascript:alert(1)", "http://[::1/x.jpg"])
 def test_other_schemes_and_hostless_urls_are_refused(url):
     with pytest.raises(URLRefused):
         fetch_url(url)
@@ -119,6 +122,14 @@ def test_size_cap_with_and_without_a_declared_length(web):
     with pytest.raises(ResponseTooLarge, match="4096"):
         fetch_url(web.url("/big-chunked"), max_bytes=4096, allow_private=True)
     assert len(fetch_url(web.url("/big-chunked"), max_bytes=5000, allow_private=True).content) == 5000
+
+
+def test_odd_headers_are_fetch_errors(web):
+    web.routes["/superscript-length"] = lambda: (200, {"Content-Length": "\u00b2"}, [b"xy"])
+    web.routes["/bad-location"] = (302, {"Location": "http://[::1/x.jpg"}, b"")
+    assert fetch_url(web.url("/superscript-length"), allow_private=True).content == b"xy"
+    with pytest.raises(FetchError, match="invalid URL"):
+        fetch_url(web.url("/bad-location"), allow_private=True)
 
 
 def test_timeout_and_http_errors(web):

@@ -205,6 +205,10 @@ def test_other_bad_requests(client):
          "not both"),
         (client.post("/v1/matte", content=b"--x\r\nbroken", headers={"Content-Type": "multipart/form-data"}),
          400, "form"),
+        (client.post("/v1/matte", content=b"[" * 100000, headers={"Content-Type": "application/json"}), 400, "JSON"),
+        (client.post("/v1/matte", files=upload(portrait_png()), data={"max_size": "\u00b2"}), 400, "max_size"),
+        (client.post("/v1/matte", files=upload(portrait_png()), data={"max_size": "9" * 5000}), 400, "max_size"),
+        (client.post("/v1/matte", data={"url": "http://[::1/x.jpg"}), 400, "not a valid URL"),
         (client.get("/v1/matte"), 405, "Method Not Allowed"),
         (client.get("/v2/anything"), 404, "Not Found"),
         (client.post("/v1/anonymize", files=upload(portrait_png()), data={"threshold": "2"}), 400, "threshold"),
@@ -228,6 +232,26 @@ def test_body_over_the_limit_is_413_before_it_is_read(client):
 
     streamed = client.post("/v1/matte", content=chunks(), headers={"Content-Type": "image/png"})
     assert streamed.status_code == 413
+
+
+def test_a_content_length_int_cannot_read_is_400():
+    async def route(scope, receive, send):
+        raise AssertionError("the body must not reach a route")
+
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    guard = serve_app._GuardMiddleware(route, ServeSettings(max_upload_mb=1))
+    for declared in (b"\xb2", b"9" * 5000):
+        sent.clear()
+        scope = {"type": "http", "method": "POST", "path": "/v1/matte", "headers": [(b"content-length", declared)]}
+        asyncio.run(guard(scope, receive, send))
+        assert sent[0]["status"] == 400 and b"invalid Content-Length" in sent[1]["body"]
 
 
 def test_anonymize_returns_the_file_p3m_anonymize_writes_and_leaves_no_file(client, matter, tmp_path, monkeypatch):
@@ -276,10 +300,10 @@ def test_failed_verification_is_422_without_an_image(client, monkeypatch):
 def test_a_failed_write_is_a_500_without_paths_or_traceback(client, monkeypatch):
     import p3m.privacy.files as files
 
-    def full_disk(path, array, **options):
+    def full_disk(path, write, **guards):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(files, "save_image", full_disk)
+    monkeypatch.setattr(files, "atomic_write", full_disk)
     response = client.post("/v1/anonymize", files=upload(portrait_png()))
     assert response.status_code == 500
     assert response.json() == {"error": "the anonymized image could not be written; the server log has the details"}

@@ -25,6 +25,8 @@ DEFAULT_TIMEOUT = 20.0
 MAX_REDIRECTS = 5
 _REDIRECTS = (301, 302, 303, 307, 308)
 _CHUNK = 64 * 1024
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
 
 class FetchError(ValueError):
@@ -71,7 +73,10 @@ def fetch_url(url: str, max_bytes: int = DEFAULT_MAX_BYTES, timeout: float = DEF
         if status in _REDIRECTS:
             if not location:
                 raise FetchError(f"{current}: redirect ({status}) without a Location")
-            current = urljoin(current, location)
+            try:
+                current = urljoin(current, location)
+            except ValueError:
+                raise FetchError(f"{current}: redirect to an invalid URL {location!r}") from None
             continue
         if status != 200:
             raise FetchError(f"{current}: the server answered HTTP {status}")
@@ -80,15 +85,33 @@ def fetch_url(url: str, max_bytes: int = DEFAULT_MAX_BYTES, timeout: float = DEF
 
 
 def is_refused_address(address: str) -> bool:
-    """Whether ``address`` (an IP literal) is not a public unicast address."""
+    """Whether ``address`` (an IP literal) is not a public unicast address, or is an IPv6
+    address carrying a non-public IPv4 one (mapped, IPv4-compatible, 6to4 or NAT64)."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None and (not embedded.is_global or embedded.is_multicast):
+            return True
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
     return not ip.is_global or ip.is_multicast
 
 
+def _embedded_ipv4(ip: ipaddress.IPv6Address):
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64 or ip in _IPV4_COMPATIBLE:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def _get_once(url: str, max_bytes: int, deadline: float, allow_private: bool):
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as error:
+        raise URLRefused(f"{url}: not a valid URL ({error})") from None
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise URLRefused(f"{url}: only http and https URLs are fetched")
@@ -114,8 +137,8 @@ def _get_once(url: str, max_bytes: int, deadline: float, allow_private: bool):
         if response.status != 200:
             return response.status, location, content_type, b""
         declared = response.getheader("Content-Length")
-        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            raise ResponseTooLarge(f"{url}: {int(declared)} bytes, over the {max_bytes}-byte limit")
+        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
+            raise ResponseTooLarge(f"{url}: {declared} bytes, over the {max_bytes}-byte limit")
         chunks, size = [], 0
         while True:
             sock.settimeout(_remaining(url, deadline))

@@ -300,8 +300,8 @@ class _GuardMiddleware:
         limit = self.settings.max_upload_bytes
         too_large = f"request body over the {self.settings.max_upload_mb:g} MB limit"
         declared = _header(scope, b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            status, message = (413, too_large) if declared.isdigit() else (400, "invalid Content-Length")
+        if declared is not None and (not _is_decimal(declared) or int(declared) > limit):
+            status, message = (413, too_large) if _is_decimal(declared) else (400, "invalid Content-Length")
             response = _error_response(status, message, headers={"Connection": "close"})
             return await response(scope, receive, send)
         received = 0
@@ -341,6 +341,11 @@ class _GuardMiddleware:
 
 class _BodyTooLarge(Exception):
     """Raised from ``receive`` once a body without a declared length passes the cap."""
+
+
+def _is_decimal(text: str) -> bool:
+    """Whether ``text`` is ASCII digits that ``int`` accepts (not "²", not 5000 digits)."""
+    return text.isascii() and text.isdigit() and len(text) <= 18
 
 
 def _is_public(path: str) -> bool:
@@ -392,7 +397,7 @@ async def _read_input(request: Request, service: _Service) -> tuple[bytes, dict[
     elif content_type == "application/json":
         try:
             body = json.loads(await request.body() or b"{}")
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise ApiError(400, "the JSON body is not valid JSON") from None
         if not isinstance(body, dict) or not all(isinstance(value, (str, int, float, bool))
                                                  for value in body.values()):
@@ -510,7 +515,7 @@ def _integer(fields: dict[str, str], name: str, default: int, low: int, high: in
     text = fields.get(name)
     if text is None:
         return default
-    if not text.strip().isdigit() or not low <= int(text) <= high:
+    if not _is_decimal(text.strip()) or not low <= int(text) <= high:
         raise ApiError(400, f"{name}: {text!r} is not a whole number from {low} to {high}")
     return int(text)
 

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from p3m.cli import main
+from p3m.io import read_image
 
 ray = pytest.importorskip("ray")
 
@@ -122,8 +123,10 @@ def test_anonymize_dataset_on_ray_writes_the_tree_of_the_local_run(tmp_path, cap
     shutil.copy(PORTRAITS / "p_a09f6d7a.jpg", root / "p_a09f6d7a.jpg")
     Image.fromarray(_portrait(4)).save(root / "no_face.png")
     (root / "broken.jpg").write_bytes(b"not a jpeg")
-    for name in ("sub/p_bac3c1ff", "p_a09f6d7a", "no_face", "broken"):
-        Image.fromarray(np.full((20, 30), 200, np.uint8)).save(root / "mask" / f"{name}.png")
+    for name, photo in (("sub/p_bac3c1ff", "sub/p_bac3c1ff.jpg"), ("p_a09f6d7a", "p_a09f6d7a.jpg"),
+                        ("no_face", "no_face.png"), ("broken", None)):
+        size = read_image(root / photo).shape[1::-1] if photo else (30, 20)  # a matte has its photo's size
+        Image.fromarray(np.full(size[::-1], 200, np.uint8)).save(root / "mask" / f"{name}.png")
     runs = {}
     for executor, options in (("local", ()), ("ray", RAY)):
         out, report = tmp_path / executor, tmp_path / f"{executor}.json"

@@ -280,6 +280,10 @@ class VideoWriter:
         stream.time_base = self._time_base
         stream.codec_context.time_base = self._time_base
         stream.options = dict(self._options)
+        if self._codec == "prores_ks":
+            # FFmpeg's threaded prores_ks corrupts 16-px blocks of the alpha plane when the
+            # width is not a multiple of 16 (seen at 81 and 82 px); one thread encodes it exactly.
+            stream.codec_context.thread_count = 1
         self._stream = stream
 
     def write(self, frame: np.ndarray, pts: int) -> None:

@@ -450,7 +450,7 @@ def test_default_run_starts_from_the_cached_imagenet_encoder_and_records_provena
                                                                                      monkeypatch, capsys):
     import shutil
 
-    from p3m.train.provenance import sha256_file
+    from p3m.weights import sha256_of as sha256_file
 
     monkeypatch.setenv("P3M_HOME", str(tmp_path / "home"))
     _offline(monkeypatch)

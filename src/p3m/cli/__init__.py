@@ -20,6 +20,14 @@ class CommandError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
 
 
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """``--precision`` and ``--engine``, shared by the commands that build a ``Matter``."""
+    parser.add_argument("--precision", default="fp32", type=str.lower, choices=("fp32", "bf16", "fp16"),
+                        help="fp32 (default, faithful); bf16 on CUDA or CPUs with AVX512-BF16/AMX; fp16 on CUDA")
+    parser.add_argument("--engine", default="torch", type=str.lower, choices=("torch", "onnxruntime"),
+                        help="torch (default) or onnxruntime with --weights FILE.onnx from `p3m export`")
+
+
 def model_errors(engine: str) -> tuple[type[Exception], ...]:
     """What building a ``Matter`` raises for a bad model, weights file or option (``CheckpointError``
     is a ``ValueError``); the torch engine's weights errors need torch, so they are added only for it."""

@@ -9,7 +9,7 @@ from functools import partial
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from p3m.cli import CommandError, add_executor_options, model_errors
+from p3m.cli import CommandError, add_engine_options, add_executor_options, model_errors
 
 
 def add_parser(subparsers) -> None:
@@ -30,10 +30,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--max-size", "--input-size", dest="max_size", type=int, default=1600, metavar="N",
                         help="per-side cap of a network pass, as the official MAX_SIZE (default 1600)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU; the default), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--precision", default="fp32", type=str.lower, choices=("fp32", "bf16", "fp16"),
-                        help="fp32 (default, faithful); bf16 on CUDA or CPUs with AVX512-BF16/AMX; fp16 on CUDA")
-    parser.add_argument("--engine", default="torch", type=str.lower, choices=("torch", "onnxruntime"),
-                        help="torch (default) or onnxruntime with --weights FILE.onnx from `p3m export`")
+    add_engine_options(parser)
     parser.add_argument("--output", "--outputs", dest="outputs", default="alpha,rgba", metavar="KINDS",
                         help="comma-separated: alpha, rgba, composite, trimap (default alpha,rgba)")
     parser.add_argument("--background", default="white", metavar="COLOR|IMAGE",

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from p3m.cli import CommandError, model_errors
+from p3m.cli import CommandError, add_engine_options, model_errors
 
 
 def add_parser(subparsers) -> None:
@@ -24,10 +24,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--max-size", dest="max_size", type=int, default=1600, metavar="N",
                         help="per-side cap of a network pass (default 1600); requests may ask for less")
     parser.add_argument("--device", default="auto", help="auto (the default), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--precision", default="fp32", type=str.lower, choices=("fp32", "bf16", "fp16"),
-                        help="fp32 (default, faithful); bf16 on CUDA or CPUs with AVX512-BF16/AMX; fp16 on CUDA")
-    parser.add_argument("--engine", default="torch", type=str.lower, choices=("torch", "onnxruntime"),
-                        help="torch (default) or onnxruntime with --weights FILE.onnx from `p3m export`")
+    add_engine_options(parser)
     parser.add_argument("--max-upload-mb", dest="max_upload_mb", type=float, default=50, metavar="MB",
                         help="largest request body and fetched URL, in MiB (default 50); larger ones get 413")
     parser.add_argument("--max-pending", dest="max_pending", type=int, default=4, metavar="N",

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from p3m.weights import sha256_of
+
 PROVENANCE = "provenance.json"
 
 # Settings a resumed run may change: where the data is (its files are compared), how long to train, where to log
@@ -26,14 +28,6 @@ RESUMABLE_KEYS = frozenset({
     "data", "max_steps", "epochs", "output", "workers", "device", "log_every", "checkpoint_every",
     "validate_every", "val_splits", "val_max_images", "val_method", "val_max_size", "val_fast",
 })
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_manifest(root: str | Path, paths: Iterable[Path]) -> list[dict[str, Any]]:
@@ -45,7 +39,7 @@ def file_manifest(root: str | Path, paths: Iterable[Path]) -> list[dict[str, Any
             name = path.relative_to(root).as_posix()
         except ValueError:
             name = path.as_posix()
-        rows.append({"name": name, "size": path.stat().st_size, "sha256": sha256_file(path)})
+        rows.append({"name": name, "size": path.stat().st_size, "sha256": sha256_of(path)})
     return sorted(rows, key=lambda row: row["name"])
 
 

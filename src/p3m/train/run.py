@@ -216,7 +216,7 @@ def _initial_weights(config: TrainConfig, spec: ModelSpec, info: DistInfo) -> di
 
 def _find_file(entry: str | None, name: str | None, source: str) -> dict[str, Any] | str:
     """The file's record, or the one-line reason it cannot be had."""
-    from p3m.weights import WeightsUnavailableError, resolve
+    from p3m.weights import WeightsUnavailableError, resolve, sha256_of
 
     try:
         path = resolve(entry, name) if entry else Path(name).expanduser()
@@ -226,7 +226,7 @@ def _find_file(entry: str | None, name: str | None, source: str) -> dict[str, An
         return str(error)
     if not path.is_file():
         return f"{path}: no such backbone weights file (--backbone-weights takes a file, {IMAGENET} or {RANDOM_INIT})"
-    return {"source": source, "path": str(path), "size": path.stat().st_size, "sha256": provenance.sha256_file(path)}
+    return {"source": source, "path": str(path), "size": path.stat().st_size, "sha256": sha256_of(path)}
 
 
 def _load_initial_weights(model: nn.Module, spec: ModelSpec, initial: dict[str, Any], log) -> None:

@@ -370,15 +370,20 @@ def test_anonymized_file_is_converted_to_srgb_and_carries_no_profile(tmp_path, m
 # --- search geometry ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("length", [1, 300, 2048, 2049, 2750, 7500, 20000])
-def test_tiles_cover_every_face_up_to_the_overlap_whole(length):
-    from p3m.privacy.detector import _OVERLAP, _TILE, _spans
+@pytest.mark.parametrize("shape", [(1, 1), (300, 8250), (2063, 2750), (2064, 2912), (4125, 5500), (206, 100000),
+                                   (20000, 20000)])
+def test_tiles_cover_every_face_up_to_the_overlap_whole(shape):
+    from p3m.privacy.detector import _OVERLAP, _TILE_PIXELS, _tiles
 
-    spans = _spans(length)
-    assert spans[0].start == 0 and spans[-1].stop == length
-    assert all(span.stop - span.start <= _TILE for span in spans)
-    for before, after in zip(spans, spans[1:]):
-        assert before.stop - after.start >= _OVERLAP  # a window of _OVERLAP px anywhere lies inside one tile
+    tiles = _tiles(shape)
+    assert all((rows.stop - rows.start) * (cols.stop - cols.start) <= _TILE_PIXELS for rows, cols in tiles)
+    for axis, length in enumerate(shape):
+        spans = sorted({tile[axis].start: tile[axis] for tile in tiles}.values(), key=lambda span: span.start)
+        assert spans[0].start == 0 and spans[-1].stop == length
+        for before, after in zip(spans, spans[1:]):
+            assert before.stop - after.start >= _OVERLAP  # a window of _OVERLAP px anywhere lies inside one tile
+    if shape[0] * shape[1] <= _TILE_PIXELS:
+        assert len(tiles) == 1
 
 
 def test_fragments_and_repeats_of_one_face_are_merged():
@@ -407,3 +412,30 @@ def test_turned_faces_are_found_and_mapped_back(turns):
     expected = (*corners.min(axis=0), *corners.max(axis=0))
     assert iou(face.box, expected) > 0.6
     assert privacy.anonymize(np.ascontiguousarray(np.rot90(image, turns))).verified
+
+
+def test_a_tile_searched_again_after_a_local_change_finds_what_a_fresh_search_finds(monkeypatch):
+    import importlib.util
+    import sys
+
+    from p3m.privacy.detector import FaceDetector
+
+    spec = importlib.util.spec_from_file_location("privacy_suite", PORTRAITS.parent / "privacy_suite.py")
+    suite = sys.modules.setdefault("privacy_suite", importlib.util.module_from_spec(spec))
+    spec.loader.exec_module(suite)
+    photo = suite.background(1600, 2400)
+    suite.paste(photo, suite.head("p_bac3c1ff", 90), 300, 500)
+    detector = FaceDetector()
+    (first,) = detector(photo)
+    changed = privacy.obfuscate(photo, [first], "blur")
+    suite.paste(changed, suite.head("p_07141906", 70), 1800, 900)  # a face where there was none
+
+    searched = []
+    run = FaceDetector._run
+    monkeypatch.setattr(FaceDetector, "_run", lambda self, tile, *args: searched.append(tile.size) or run(self, tile, *args))
+    again = detector(changed)
+    windowed, searched[:] = sum(searched), []
+    fresh = FaceDetector()(changed)
+    assert windowed < 0.5 * sum(searched)
+    assert len(again) == len(fresh) == 1 and iou(again[0].box, fresh[0].box) > 0.95
+    assert 1800 < centre(again[0])[0] < 1800 + 70 * 2.6

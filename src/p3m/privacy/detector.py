@@ -53,15 +53,17 @@ _OVERLAP = 2 * _LARGE_FACE
 _STRIDE = 32  # the network needs input sides divisible by 32
 _NMS_IOU = 0.3
 _CONTAINED = 0.6  # a box lying this much inside a better one is a fragment of the same face
-# Tiles searched recently are kept (up to _RECENT_BYTES of pixels, _RECENT_PER_TILE
-# versions of each tile position) with their detections. When a tile is searched again
-# with some pixels changed (an obfuscated image being verified), only windows around
-# the changed regions are searched: around a changed region of side s (an obfuscated
+# Levels searched recently are kept (up to _RECENT_BYTES of pixels, _RECENT_VERSIONS
+# versions for each image and level size) with their tiles' detections. When a level is
+# searched again with some pixels changed (an obfuscated image being verified), only
+# windows around the changed regions of each tile are searched: around a changed region of side s (an obfuscated
 # face with its margin), detections centred within max(s / 2, _MIN_REACH) px of it are
 # replaced by those of a window reaching that far again, so a face up to s tall centred
 # there lies whole in the window. Detections centred elsewhere saw unchanged pixels.
+# A level that keeps only faces taller than a changed region needs no window for it.
 _RECENT_BYTES = 512 * 2**20
-_RECENT_PER_TILE = 4
+_RECENT_VERSIONS = 4
+_BLOCK = 8  # changes are located to blocks of this many px a side
 _MIN_REACH = 32
 _WINDOWED_SHARE = 0.5  # above this share of a tile's pixels in windows, the whole tile is searched
 
@@ -169,12 +171,21 @@ class FaceDetector:
         if height == 0 or width == 0:
             return []
         upright = self.upright_scale(height, width)
+        turned = min(_SEEN_FACE / self.turned_min_face, upright)
         try:
-            turned = _resize(image, min(_SEEN_FACE / self.turned_min_face, upright))
-            found = [face for turns in range(4)
-                     for level in self._search(_resize(image, upright) if turns == 0 else turned, turns, threshold,
-                                               (height, width))
-                     for face in level]
+            base = _resize(image, upright)
+            levels = _pyramid(image.copy() if base is image else base)  # remembered: must not change
+            # the turned search starts at half the upright scale for most images: the same levels
+            turned_levels = levels[1:] if turned == upright / 2 and len(levels) > 1 else _pyramid(
+                _resize(levels[0], turned / upright))
+            plan: dict[int, tuple[np.ndarray, list]] = {}
+            for index, level in enumerate(levels):
+                plan[id(level)] = (level, [(0, _LARGE_FACE if index else 0.0)])
+            for index, level in enumerate(turned_levels):
+                plan.setdefault(id(level), (level, []))[1].extend(
+                    (turns, _LARGE_FACE if index else 0.0) for turns in (1, 2, 3))
+            found = [face for level, searches in plan.values()
+                     for face in self._search_level(level, searches, threshold, (height, width))]
         except MemoryError:
             raise DetectorError(f"not enough memory to search this {width}x{height} image for faces") from None
         return [face for face in merge(found) if _visible(face.box, width, height)]
@@ -185,53 +196,55 @@ class FaceDetector:
         usual = min(max(1.0, self.min_size / long_side), self.max_size / long_side, _MAX_UPSCALE)
         return max(usual, _SEEN_FACE / self.min_face)
 
-    def _search(self, level: np.ndarray, turns: int, threshold: float, size: tuple[int, int]):
-        """Faces per level of the pyramid from ``level`` (the image resized), turned ``turns`` x 90 degrees
-        counterclockwise, in pixels of the image of ``size`` (height, width)."""
+    def _search_level(self, level: np.ndarray, searches: list, threshold: float, size: tuple[int, int]) -> list:
+        """Faces in one level of the pyramid (the image of ``size`` (height, width) resized), turned
+        ``turns`` x 90 degrees counterclockwise for each (turns, min_height) of ``searches``, in image pixels.
+
+        Where this level was searched recently, only the windows around the pixels changed since are
+        searched again.
+        """
         height, width = size
-        min_height = 0.0
-        while True:
+        with self._lock:
+            versions = list(self._recent.get((size, level.shape), []))
+        nearest, changed = None, None
+        for version in versions:
+            differs = _changed_pixels(level, version[0])
+            if changed is None or cv2.countNonZero(differs) < cv2.countNonZero(changed):
+                nearest, changed = version, differs
+        searched, faces = {}, []
+        for turns, min_height in searches:
             turned = np.rot90(level, turns)
-            faces = []
+            turned_changed = np.ascontiguousarray(np.rot90(changed, turns)) if nearest is not None else None
             for rows, cols in _tiles(turned.shape[:2]):
-                place = (size, turns, turned.shape[:2], rows.start, cols.start, threshold, min_height)
-                boxes, scores, points = self._search_tile(turned[rows, cols], place, threshold, min_height)
+                place = (turns, threshold, min_height, rows.start, cols.start)
+                before = nearest[1].get(place) if nearest is not None else None
+                tile = turned[rows, cols]
+                tile_changed = turned_changed[rows, cols] if before is not None else None
+                if before is not None and not tile_changed.any():
+                    detections = before
+                elif before is not None and (windows := _changed_windows(tile_changed, min_height)) is not None:
+                    detections = self._search_windows(tile, windows, before, threshold, min_height)
+                elif _flat(tile):
+                    detections = np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))
+                else:
+                    detections = self._run(tile, threshold, min_height)
+                searched[place] = detections
+                boxes, scores, points = detections
                 boxes = boxes + (cols.start, rows.start, cols.start, rows.start)
                 points = points + (cols.start, rows.start)
                 faces.extend(_faces(*_unturned(boxes, scores, points, turns, level.shape[:2]),
                                     width / level.shape[1], height / level.shape[0], coarse=min_height > 0))
-            yield faces
-            level = _resize(level, 0.5)
-            if min(level.shape[:2]) < _LARGE_FACE:
-                return
-            min_height = _LARGE_FACE
-
-    def _search_tile(self, tile: np.ndarray, place: tuple, threshold: float, min_height: float):
-        """Raw detections in ``tile`` pixels; where this tile position was searched recently, only the
-        windows around the pixels that changed since are searched again."""
-        if (tile == tile[:1, :1]).all():
-            return np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))  # a flat tile shows no face
-        tile = np.ascontiguousarray(tile)
         with self._lock:
-            recent = self._recent.get(place, [])
-        nearest, changed = None, None
-        for version in recent:
-            differs = np.any(tile != version[0], axis=2)
-            if changed is None or np.count_nonzero(differs) < np.count_nonzero(changed):
-                nearest, changed = version, differs
-        if nearest is not None and not changed.any():
-            tile, detections = nearest
-        elif nearest is not None and (windows := _changed_windows(changed)):
-            detections = self._search_windows(tile, windows, nearest[1], threshold, min_height)
-        else:
-            detections = self._run(tile, threshold, min_height)
-        with self._lock:
-            versions = [version for version in self._recent.pop(place, []) if version is not nearest]
-            self._recent[place] = [(tile, detections), *versions][:_RECENT_PER_TILE]
+            key = (size, level.shape)
+            same = nearest is not None and not changed.any()
+            kept = [version for version in self._recent.pop(key, []) if not (same and version is nearest)]
+            if same:
+                searched = {**nearest[1], **searched}
+            self._recent[key] = [(level, searched), *kept][:_RECENT_VERSIONS]
             while len(self._recent) > 1 and sum(
                     version[0].nbytes for versions in self._recent.values() for version in versions) > _RECENT_BYTES:
                 self._recent.popitem(last=False)
-        return detections
+        return faces
 
     def _search_windows(self, tile: np.ndarray, windows: list, before: tuple, threshold: float,
                         min_height: float):
@@ -279,18 +292,44 @@ def _span_choices(length: int) -> list[list[slice]]:
         choices.append([slice(start, start + size) for start in starts])
 
 
-def _changed_windows(changed: np.ndarray) -> list[tuple[tuple[int, int, int, int], list]]:
-    """Windows to search again in a tile whose ``changed`` (H, W) bool pixels differ from before.
+def _pyramid(base: np.ndarray) -> list[np.ndarray]:
+    """``base`` and its copies at 1/2, 1/4... scale while their short side is at least _LARGE_FACE."""
+    levels = [base]
+    while min((smaller := _resize(levels[-1], 0.5)).shape[:2]) >= _LARGE_FACE:
+        levels.append(smaller)
+    return levels
 
-    Each changed region of side s gets a reach (its box grown by max(s / 2, _MIN_REACH)) and a window (the
-    reach grown as much again, its corner on the network's 32 px grid); windows that overlap are joined.
-    Returns [((x0, y0, x1, y1) window, [reach boxes])], or [] when the windows cover so much of the
-    tile that searching it whole is cheaper.
+
+def _flat(tile: np.ndarray) -> bool:
+    """Every pixel of the (H, W, 3) tile alike (it shows no face); most tiles differ in their first row."""
+    return bool((tile[0] == tile[0, 0]).all() and (tile == tile[0, 0]).all())
+
+
+def _changed_pixels(level: np.ndarray, before: np.ndarray) -> np.ndarray:
+    """(H, W) uint8, nonzero where the (H, W, 3) ``level`` differs from ``before``."""
+    red, green, blue = cv2.split(cv2.absdiff(level, before))
+    return cv2.max(cv2.max(red, green), blue)
+
+
+def _changed_windows(changed: np.ndarray, min_height: float) -> Optional[list[tuple[tuple[int, int, int, int], list]]]:
+    """Windows to search again in a tile whose pixels differ from before where ``changed`` (H, W) is nonzero.
+
+    Changes are located to blocks of _BLOCK px. Each changed region of side s gets a reach (its box grown
+    by max(s / 2, _MIN_REACH)) and a window (the reach grown as much again, its corner on the network's
+    32 px grid); windows that overlap are joined. A region smaller than ``min_height`` (the smallest face
+    kept at this level) needs none. Returns [((x0, y0, x1, y1) window, [reach boxes])], or None when the
+    windows cover so much of the tile that searching it whole is cheaper.
     """
     height, width = changed.shape
-    count, _, stats, _ = cv2.connectedComponentsWithStats(changed.astype(np.uint8), connectivity=8)
+    grown = cv2.dilate(np.ascontiguousarray(changed), np.ones((_BLOCK, _BLOCK), np.uint8), anchor=(0, 0),
+                       borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    blocks = (grown[::_BLOCK, ::_BLOCK] > 0).astype(np.uint8)
+    _, _, stats, _ = cv2.connectedComponentsWithStats(blocks, connectivity=8)
     windows = []
-    for x, y, w, h, _ in stats[1:]:
+    for bx, by, bw, bh, _ in stats[1:]:
+        x, y, w, h = bx * _BLOCK, by * _BLOCK, bw * _BLOCK, bh * _BLOCK
+        if max(w, h) < min_height:
+            continue
         grow = max(-(-max(w, h) // 2), _MIN_REACH)
         reach = (x - grow, y - grow, x + w + grow, y + h + grow)
         window = [max(0, reach[0] - grow) // _STRIDE * _STRIDE, max(0, reach[1] - grow) // _STRIDE * _STRIDE,
@@ -308,7 +347,7 @@ def _changed_windows(changed: np.ndarray) -> list[tuple[tuple[int, int, int, int
                 joined = True
                 break
     area = sum((x1 - x0) * (y1 - y0) for (x0, y0, x1, y1), _ in windows)
-    return [(tuple(window), reaches) for window, reaches in windows] if area <= _WINDOWED_SHARE * width * height else []
+    return [(tuple(window), reaches) for window, reaches in windows] if area <= _WINDOWED_SHARE * width * height else None
 
 
 def _centred_in(boxes: np.ndarray, regions: list) -> np.ndarray:

@@ -17,6 +17,7 @@ from p3m.io import read_image
 from p3m.privacy import Face
 from p3m.privacy.detector import MODEL_PATH, MODEL_SHA256
 from p3m.privacy.obfuscate import DEFAULT_FEATHER, DEFAULT_MARGIN, FILL_COLOR
+from p3m.privacy.pipeline import TIGHT_FEATHER, TIGHT_MARGIN
 
 PORTRAITS = Path(__file__).parent / "fixtures" / "portraits"
 # Faces annotated by eye on the fixtures: (centre x, centre y, height from hairline to chin).
@@ -316,9 +317,13 @@ def test_anonymize_for_model():
     seen = privacy.anonymize_for_model(image)
     assert seen.shape == image.shape and seen.dtype == np.uint8
     assert privacy.verify(seen) == []
-    assert np.array_equal(seen, privacy.obfuscate(image, [face], "blur"))
-    radius = ellipse_radius(face, image.shape)
-    assert np.array_equal(seen[radius > 1 + DEFAULT_FEATHER], image[radius > 1 + DEFAULT_FEATHER])
+    # the blur stays within the face box's ellipse and a narrow soft edge: the hair around it is left as it is
+    assert np.array_equal(seen, privacy.obfuscate(image, [face], "blur", TIGHT_MARGIN, TIGHT_FEATHER))
+    ys, xs = np.mgrid[: image.shape[0], : image.shape[1]]
+    radius = privacy.face_ellipse(face, TIGHT_MARGIN).radius(xs + 0.5, ys + 0.5)
+    assert np.array_equal(seen[radius > 1 + TIGHT_FEATHER], image[radius > 1 + TIGHT_FEATHER])
+    assert np.count_nonzero(np.any(seen != image, axis=2)) < 0.6 * np.count_nonzero(
+        np.any(privacy.obfuscate(image, [face], "blur") != image, axis=2))
     faceless = load("p_a09f6d7a")
     untouched = privacy.anonymize_for_model(faceless)
     assert np.array_equal(untouched, faceless) and untouched is not faceless
@@ -415,14 +420,9 @@ def test_turned_faces_are_found_and_mapped_back(turns):
 
 
 def test_a_tile_searched_again_after_a_local_change_finds_what_a_fresh_search_finds(monkeypatch):
-    import importlib.util
-    import sys
-
     from p3m.privacy.detector import FaceDetector
 
-    spec = importlib.util.spec_from_file_location("privacy_suite", PORTRAITS.parent / "privacy_suite.py")
-    suite = sys.modules.setdefault("privacy_suite", importlib.util.module_from_spec(spec))
-    spec.loader.exec_module(suite)
+    suite = _suite()
     photo = suite.background(1600, 2400)
     suite.paste(photo, suite.head("p_bac3c1ff", 90), 300, 500)
     detector = FaceDetector()

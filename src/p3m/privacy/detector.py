@@ -56,11 +56,12 @@ _CONTAINED = 0.6  # a box lying this much inside a better one is a fragment of t
 # Levels searched recently are kept (up to _RECENT_BYTES of pixels, _RECENT_VERSIONS
 # versions for each image and level size) with their tiles' detections. When a level is
 # searched again with some pixels changed (an obfuscated image being verified), only
-# windows around the changed regions of each tile are searched: around a changed region of side s (an obfuscated
-# face with its margin), detections centred within max(s / 2, _MIN_REACH) px of it are
-# replaced by those of a window reaching that far again, so a face up to s tall centred
-# there lies whole in the window. Detections centred elsewhere saw unchanged pixels.
-# A level that keeps only faces taller than a changed region needs no window for it.
+# windows around the changed regions of each tile are searched: around a changed region
+# of side s (an obfuscated face with its soft edge), detections centred within
+# max(s / 2, _MIN_REACH) px of it are replaced by those of a window reaching that far
+# again, so a face up to s tall centred there lies whole in the window; detections
+# centred elsewhere saw unchanged pixels. A level that keeps only faces taller than a
+# changed region needs no window for it.
 _RECENT_BYTES = 512 * 2**20
 _RECENT_VERSIONS = 4
 _BLOCK = 8  # changes are located to blocks of this many px a side

@@ -161,8 +161,10 @@ def main() -> None:
     print("| face height (px) | faces | " + " | ".join(f"{label}: found | {label}: recall" for label in labels) + " |")
     print("| --- | --- |" + " --- | --- |" * len(labels))
     for size in SIZES:
-        cells = [f"{results[label]['found'][size]} | {results[label]['found'][size] / results[label]['planted'][size]:.0%}"
-                 for label in labels]
+        cells = []
+        for label in labels:
+            found, planted = results[label]["found"][size], results[label]["planted"][size]
+            cells.append(f"{found} | {found / planted:.0%}")
         print(f"| {size} | {results['after']['planted'][size]} | " + " | ".join(cells) + " |")
     count = len(photos)
     for label in labels:

@@ -432,7 +432,8 @@ def test_a_tile_searched_again_after_a_local_change_finds_what_a_fresh_search_fi
 
     searched = []
     run = FaceDetector._run
-    monkeypatch.setattr(FaceDetector, "_run", lambda self, tile, *args: searched.append(tile.size) or run(self, tile, *args))
+    monkeypatch.setattr(FaceDetector, "_run",
+                        lambda self, tile, *args: searched.append(tile.size) or run(self, tile, *args))
     again = detector(changed)
     windowed, searched[:] = sum(searched), []
     fresh = FaceDetector()(changed)

@@ -348,7 +348,9 @@ def _changed_windows(changed: np.ndarray, min_height: float) -> Optional[list[tu
                 joined = True
                 break
     area = sum((x1 - x0) * (y1 - y0) for (x0, y0, x1, y1), _ in windows)
-    return [(tuple(window), reaches) for window, reaches in windows] if area <= _WINDOWED_SHARE * width * height else None
+    if area > _WINDOWED_SHARE * width * height:
+        return None
+    return [(tuple(window), reaches) for window, reaches in windows]
 
 
 def _centred_in(boxes: np.ndarray, regions: list) -> np.ndarray:

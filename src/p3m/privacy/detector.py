@@ -174,11 +174,10 @@ class FaceDetector:
         upright = self.upright_scale(height, width)
         turned = min(_SEEN_FACE / self.turned_min_face, upright)
         try:
-            base = _resize(image, upright)
-            levels = _pyramid(image.copy() if base is image else base)  # remembered: must not change
+            levels = _pyramid(_resized_copy(image, upright))
             # the turned search starts at half the upright scale for most images: the same levels
             turned_levels = levels[1:] if turned == upright / 2 and len(levels) > 1 else _pyramid(
-                _resize(levels[0], turned / upright))
+                _resized_copy(image, turned))
             plan: dict[int, tuple[np.ndarray, list]] = {}
             for index, level in enumerate(levels):
                 plan[id(level)] = (level, [(0, _LARGE_FACE if index else 0.0)])
@@ -420,6 +419,12 @@ def _resize(image: np.ndarray, scale: float) -> np.ndarray:
     height, width = image.shape[:2]
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+
+
+def _resized_copy(image: np.ndarray, scale: float) -> np.ndarray:
+    """The image resized, in an array of its own (levels are remembered: they must not change)."""
+    level = _resize(image, scale)
+    return image.copy() if level is image else level
 
 
 def _decode(heatmap, sizes, offsets, landmarks, threshold: float, min_height: float):

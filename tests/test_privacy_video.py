@@ -30,8 +30,8 @@ STREAM_DEFAULT_TAGS = {"language": "und", "handler_name": ("VideoHandler", "Soun
 
 
 def face(x: float, y: float, size: float = 40.0, score: float = 0.9) -> Face:
-    landmarks = ((x + 0.3 * size, y + 0.35 * size), (x + 0.7 * size, y + 0.35 * size), (x + 0.5 * size, y + 0.55 * size),
-                 (x + 0.35 * size, y + 0.75 * size), (x + 0.65 * size, y + 0.75 * size))
+    points = ((0.3, 0.35), (0.7, 0.35), (0.5, 0.55), (0.35, 0.75), (0.65, 0.75))
+    landmarks = tuple((x + u * size, y + v * size) for u, v in points)
     return Face((x, y, x + size, y + size), score, landmarks)
 
 
@@ -169,7 +169,8 @@ def test_metadata_is_gone_and_timestamps_rotation_and_audio_survive(tmp_path):
     assert report.status == "no_faces" and report.verified and report.audio == "copied", report.error
     data = report.output.read_bytes()
     assert [secret for secret in face_clips.SECRET_STRINGS if secret.encode() in data] == []
-    assert not any(value.encode() in data for value in (*face_clips.SECRET_TAGS.values(), *face_clips.STREAM_TAGS.values()))
+    planted = (*face_clips.SECRET_TAGS.values(), *face_clips.STREAM_TAGS.values())
+    assert not any(value.encode() in data for value in planted)
     with av.open(str(report.output)) as container:
         assert set(container.metadata) <= MUXER_TAGS
         assert sorted(stream.type for stream in container.streams) == ["audio", "video"]

@@ -176,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
     interrupted = False
     try:
         with executor:
-            setup = MediaAnonymizeSetup(args.method, args.threshold, args.verify_threshold, args.strip_audio)
+            setup = MediaAnonymizeSetup(args.method, args.threshold, args.verify_threshold, args.strip_audio,
+                                        frame_progress=not args.quiet and args.executor == "local")
             for report in executor.map(setup, jobs, progress=not args.quiet and len(jobs) > 1):
                 if not report.ok:
                     tqdm.write(f"error: {report.error}", file=sys.stderr)

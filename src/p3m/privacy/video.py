@@ -202,34 +202,45 @@ def _describe(frames: Sequence[int]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in _ranges(frames))
 
 
-def _detect_all(source: Path, threshold: float, detector: Optional[FaceDetector]) -> tuple[list[list[Face]], dict]:
+def _frames(reader: VideoReader, label: str, progress: bool):
+    """The reader's frames, with a progress bar named ``label`` on a terminal when ``progress``."""
+    from tqdm import tqdm
+
+    return tqdm(reader, total=reader.frame_count, desc=label[-40:], unit="frame",
+                dynamic_ncols=True, leave=False, disable=None if progress else True)
+
+
+def _detect_all(source: Path, threshold: float, detector: Optional[FaceDetector],
+                progress: bool) -> tuple[list[list[Face]], dict]:
     """Faces per frame, and what the encoder needs to know about the video."""
     with VideoReader(source) as reader:
-        detections = [detect_faces(frame.image, threshold, detector) for frame in reader]
+        detections = [detect_faces(frame.image, threshold, detector)
+                      for frame in _frames(reader, f"{source.name} detect", progress)]
         info = dict(frame_rate=reader.frame_rate, time_base=reader.time_base, has_audio=reader.has_audio,
                     size=(reader.width, reader.height))
     return detections, info
 
 
 def _encode(source: Path, target: Path, hide: list[list[list[Face]]], method: str, info: dict,
-            audio: bool) -> None:
+            audio: bool, progress: bool) -> None:
     """Write ``source``'s frames to ``target`` with the faces of each pass in ``hide[frame]`` obfuscated in turn."""
     with VideoReader(source) as reader, \
             VideoWriter(target, "colour", info["frame_rate"], info["time_base"],
                         audio_from=source if audio else None) as writer:
-        for index, frame in enumerate(reader):
+        for index, frame in enumerate(_frames(reader, f"{source.name} hide", progress)):
             image = frame.image
             for faces in hide[index] if index < len(hide) else []:
                 image = obfuscate(image, faces, method)
             writer.write(image, frame.pts)
 
 
-def _verify_file(path: Path, threshold: float, detector: Optional[FaceDetector]) -> tuple[int, dict[int, list[Face]]]:
+def _verify_file(path: Path, threshold: float, detector: Optional[FaceDetector], label: str,
+                 progress: bool) -> tuple[int, dict[int, list[Face]]]:
     """(frames decoded, frame index -> faces still detected) for the written video."""
     found = {}
     count = 0
     with VideoReader(path) as reader:
-        for count, frame in enumerate(reader, start=1):
+        for count, frame in enumerate(_frames(reader, label, progress), start=1):
             faces = detect_faces(frame.image, threshold, detector)
             if faces:
                 found[count - 1] = faces
@@ -239,7 +250,7 @@ def _verify_file(path: Path, threshold: float, detector: Optional[FaceDetector])
 def anonymize_video(source: os.PathLike, output: os.PathLike, method: str = "blur",
                     threshold: float = DEFAULT_THRESHOLD, detector: Optional[FaceDetector] = None,
                     verify_threshold: Optional[float] = None, strip_audio: bool = False, hold: int = HOLD_FRAMES,
-                    **guards) -> VideoReport:
+                    progress: bool = False, **guards) -> VideoReport:
     """Anonymize one video file into ``output`` (an MP4); never raises for a bad input or a failed write.
 
     Args:
@@ -250,6 +261,7 @@ def anonymize_video(source: os.PathLike, output: os.PathLike, method: str = "blu
         method, threshold, verify_threshold: as for images (:func:`p3m.privacy.anonymize_file`).
         strip_audio: drop the audio (kept by default).
         hold: frames a face may go undetected and stay covered (:func:`track_faces`).
+        progress: a progress bar per pass over the frames, on a terminal.
 
     Frames keep their timestamps (variable frame rates survive); rotated
     sources (a display matrix) are written upright, so they display as before.
@@ -258,7 +270,7 @@ def anonymize_video(source: os.PathLike, output: os.PathLike, method: str = "blu
     check = default_verify_threshold(threshold) if verify_threshold is None else verify_threshold
     report = VideoReport(source, None, ERROR, threshold=threshold, verify_threshold=check)
     try:
-        detections, info = _detect_all(source, threshold, detector)
+        detections, info = _detect_all(source, threshold, detector, progress)
         report.frames, report.size = len(detections), info["size"]
         report.tracks = track_faces(detections, hold)
         best = [max(track.detections.items(), key=lambda item: item[1].score) for track in report.tracks]
@@ -269,8 +281,9 @@ def anonymize_video(source: os.PathLike, output: os.PathLike, method: str = "blu
         def write(target: Path) -> None:
             for rounds in range(1, OBFUSCATION_ROUNDS + 1):
                 report.rounds = rounds
-                _encode(source, target, hide, method, info, report.audio == "copied")
-                report.frames_checked, found = _verify_file(target, check, detector)
+                _encode(source, target, hide, method, info, report.audio == "copied", progress)
+                report.frames_checked, found = _verify_file(target, check, detector, f"{source.name} verify",
+                                                            progress)
                 if report.frames_checked != report.frames:
                     raise VideoReadError(f"{source}: the encoded video has {report.frames_checked} frames, "
                                          f"the source {report.frames}; output not written")
@@ -302,7 +315,8 @@ def anonymize_video(source: os.PathLike, output: os.PathLike, method: str = "blu
 
 
 def anonymize_video_job(job: tuple, method: str, threshold: float, detector: FaceDetector,
-                        verify_threshold: Optional[float] = None, strip_audio: bool = False) -> VideoReport:
+                        verify_threshold: Optional[float] = None, strip_audio: bool = False,
+                        progress: bool = False) -> VideoReport:
     """:func:`anonymize_video` for one job ``(source, output, mask_output, refusal, matte, root)`` of the
     anonymize batch (``mask_output`` and ``matte`` are None for videos); never raises."""
     source, output, _, refusal, _, root = job
@@ -310,7 +324,7 @@ def anonymize_video_job(job: tuple, method: str, threshold: float, detector: Fac
         return VideoReport(Path(source), None, ERROR, error=refusal)
     try:
         return anonymize_video(source, output, method, threshold, detector, verify_threshold, strip_audio,
-                               root=root, inputs=RunInputs([source]))
+                               progress=progress, root=root, inputs=RunInputs([source]))
     except Exception as error:  # noqa: BLE001 - one file's failure must not end the batch
         lines = str(error).strip().splitlines()
         return VideoReport(Path(source), None, ERROR,
@@ -323,13 +337,15 @@ class MediaAnonymizeSetup(AnonymizeSetup):
     to :func:`anonymize_video_job` or :func:`p3m.privacy.anonymize_job` by its file's suffix."""
 
     strip_audio: bool = False
+    frame_progress: bool = False  # a progress bar over each video's frames, on a terminal
 
     def __call__(self) -> Callable[[tuple], FileReport]:
         detector = default_detector()
         image_step = partial(anonymize_job, method=self.method, threshold=self.threshold, detector=detector,
                              verify_threshold=self.verify_threshold)
         video_step = partial(anonymize_video_job, method=self.method, threshold=self.threshold, detector=detector,
-                             verify_threshold=self.verify_threshold, strip_audio=self.strip_audio)
+                             verify_threshold=self.verify_threshold, strip_audio=self.strip_audio,
+                             progress=self.frame_progress)
         return lambda job: video_step(job) if is_video_file(Path(job[0])) else image_step(job)
 
 

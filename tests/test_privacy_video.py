@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 av = pytest.importorskip("av", reason="video support needs PyAV (the 'video' extra)")
 
@@ -137,16 +138,21 @@ def test_verification_failure_on_one_frame_writes_nothing_and_names_it(tmp_path,
     folder = tmp_path / "clips"
     write_clip(folder / "talk.mov", plain_frames(10, marked=(5,)))
     write_clip(folder / "calm.mp4", plain_frames(6))
-    out = tmp_path / "out"
+    Image.fromarray(plain_frames(1)[0]).save(folder / "still.png")
+    out, masks = tmp_path / "out", tmp_path / "masks"
     (out / "talk.mp4").parent.mkdir(parents=True)
     (out / "talk.mp4").write_bytes(b"an earlier run's output")
     monkeypatch.setattr(privacy_video, "default_detector", MarkerFaces)
-    status = main(["anonymize", "--quiet", str(folder), "-o", str(out), "--report", str(tmp_path / "report.json")])
+    status = main(["anonymize", "--quiet", str(folder), "-o", str(out), "--masks", str(masks),
+                   "--report", str(tmp_path / "report.json")])
     err = capsys.readouterr().err
     assert status == 1
     assert "talk.mov: face(s) still detected in frame(s) 5 after blur" in err
-    assert "2 videos: 0 anonymized (0 face tracks), 1 without faces, 1 not anonymized, 0 failed" in err
-    assert sorted(path.name for path in out.iterdir()) == ["calm.mp4"]  # no temporary left, no stale output
+    assert ("1 images: 0 anonymized (0 faces), 1 without faces, 0 not anonymized, 0 failed; "
+            "2 videos: 0 anonymized (0 face tracks), 1 without faces, 1 not anonymized, 0 failed") in err
+    # no temporary left, no stale output; face masks are for images only
+    assert sorted(path.name for path in out.iterdir()) == ["calm.mp4", "still.png"]
+    assert sorted(path.name for path in masks.iterdir()) == ["still.png"]
     entries = {Path(entry["input"]).name: entry for entry in json.loads((tmp_path / "report.json").read_text())}
     talk = entries["talk.mov"]
     assert talk["status"] == "not_anonymized" and talk["output"] is None

@@ -198,6 +198,18 @@ def test_fcp_changes_features_only_inside_the_downsampled_mask(model_name):
     assert pasted.indices is features.indices
 
 
+def test_fcp_runs_and_backpropagates_under_bf16_autocast():
+    torch.manual_seed(0)
+    model = create_model("resnet34").train()
+    mask = np.zeros((64, 64), bool)
+    mask[5:40, 10:50] = True
+    paste = FeaturePaste([0], torch.randn(1, 3, 64, 64), [(4, 4, 60, 60)], [mask])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = model(torch.randn(2, 3, 64, 64), feature_paste=paste)
+    output.global_logits.float().sum().backward()
+    assert torch.isfinite(model.encoder.conv1.weight.grad).all()
+
+
 def test_model_output_without_paste_is_unchanged():
     torch.manual_seed(0)
     model = create_model("resnet34").eval()

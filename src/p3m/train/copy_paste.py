@@ -99,7 +99,7 @@ def paste_face(target: torch.Tensor, target_mask: np.ndarray, source: torch.Tens
         region's bounding box, elsewhere ``target`` unchanged. Differentiable in both inputs.
     """
     top, left, bottom, right = source_box
-    crop = source[None, :, top:bottom, left:right]
+    crop = source[None, :, top:bottom, left:right].float()  # antialiased resizing has no half-precision kernels
     out = target.clone()
     for (y0, x0, y1, x1), region in face_regions(target_mask):
         shrink = y1 - y0 < crop.shape[-2] or x1 - x0 < crop.shape[-1]

@@ -155,6 +155,24 @@ def test_icp_probability_zero_pastes_nothing(data_root, faces):
     assert torch.equal(plain[(0, (1, 2, 3))]["image"], never[(0, (1, 2, 3))]["image"])
 
 
+def test_unreadable_faces_are_reported_and_skipped(data_root, tmp_path, caplog):
+    folder = tmp_path / "faces"
+    save_image(folder / "good.png", _face_image(np.random.default_rng(1), (30, 30)))
+    save_image(folder / "blank.png", _face_image(np.random.default_rng(2), (30, 30)))
+    save_image(folder / "facemask" / "blank.png", np.zeros((30, 30), np.uint8))
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    dataset = P3MTrainDataset(data_root, image_size=64, crop_sizes=[96], copy_paste=_settings(folder, "icp"))
+    with caplog.at_level("WARNING", logger="p3m.train.dataset"):
+        for index in range(len(dataset)):
+            dataset[(index, (0, 0, index))]
+        for _ in range(6):
+            dataset._draw_face(np.random.default_rng(_))
+    assert "empty face mask" in caplog.text and "broken.jpg" in caplog.text
+    (folder / "good.png").unlink()
+    with pytest.raises(DatasetError, match="face image.s. in a row cannot be read"):
+        dataset._draw_face(np.random.default_rng(0))
+
+
 def test_dataset_without_face_masks_is_refused(tmp_path, faces):
     write_dataset(tmp_path, 2, seed=1, size=96, splits=("train",))
     for path in (tmp_path / "train" / "facemask").iterdir():

@@ -39,7 +39,6 @@ from p3m.data.layout import index_folder
 from p3m.io import IMAGE_EXTENSIONS, ImageReadError, read_image, read_mask
 from p3m.models.features import EncoderFeatures
 
-CP_MODES = ("icp", "fcp", "both")
 FACE_MASK_FOLDER = "facemask"
 # A face mask pixel belongs to the face from this value on (as `p3m evaluate --facemask`).
 FACE_THRESHOLD = 128
@@ -112,10 +111,14 @@ def paste_face(target: torch.Tensor, target_mask: np.ndarray, source: torch.Tens
 
 def paste_face_uint8(target: np.ndarray, target_mask: np.ndarray, source: np.ndarray, source_box: Box) -> np.ndarray:
     """:func:`paste_face` on (H, W, 3) uint8 images; pixels outside ``target_mask`` keep their exact values."""
-    to_tensor = lambda array: torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float()  # noqa: E731
-    pasted = paste_face(to_tensor(target), target_mask, to_tensor(source), source_box)
+    pasted = paste_face(_channels_first(target), target_mask, _channels_first(source), source_box)
     result = pasted.round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
     return np.where(target_mask[..., None], result, target)
+
+
+def _channels_first(image: np.ndarray) -> torch.Tensor:
+    """(H, W, C) uint8 -> (C, H, W) float32."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
 
 
 def downsample_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -254,7 +257,7 @@ class FeaturePaste:
 
 @dataclass(frozen=True)
 class CopyPaste:
-    """P3M-CP settings of a run: ``mode`` (one of :data:`CP_MODES`), the face source and the
+    """P3M-CP settings of a run: ``mode`` (``icp``, ``fcp`` or ``both``), the face source and the
     probability that a sample with a face gets an image-level / feature-level paste."""
 
     mode: str

@@ -161,8 +161,7 @@ class Trainer:
         dtype = self.autocast_dtype
         context = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         with context:
-            paste = batch.get("feature_paste")
-            output = self.model(batch["input"], feature_paste=paste) if paste else self.model(batch["input"])
+            output = self.model(batch["input"], feature_paste=batch.get("feature_paste"))
         losses = p3m_losses(output, batch["alpha"], batch["trimap"], batch["image"] if self.use_composition else None,
                             batch.get("fg"), batch.get("bg"))
         self.optimizer.zero_grad(set_to_none=True)

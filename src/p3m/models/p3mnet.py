@@ -41,4 +41,5 @@ class P3MNet(nn.Module):
         features = self.encoder(image)
         if feature_paste is not None:
             features = feature_paste(self.encoder, features)
+        features = list(features)  # a list the decoder empties as it goes
         return self.decoder(features, need_global=need_global, need_local=need_local)

@@ -156,6 +156,7 @@ figure img { display: block; background: repeating-conic-gradient(#ddd 0 25%, #f
 .status-ok { background: #dff3e3; color: #1b5e20; } .status-fail { background: #fde2e1; color: #8e1b13; }
 .problems li, .path { font-family: ui-monospace, monospace; font-size: .9em; word-break: break-all; }
 .muted { color: #666; }
+.audit td:nth-child(2) { min-width: 18em; max-width: 28em; }
 """
 
 

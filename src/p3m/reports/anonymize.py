@@ -1,0 +1,84 @@
+"""The audit page of ``p3m anonymize --report FILE.html``: one row per input with a thumbnail of what was
+written, the faces found, the verification and what went wrong.
+
+Only outputs are shown unless ``originals`` is set: without it the page holds
+no pixel of an input file, so it can be shared wherever the outputs can.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from p3m.io import ImageReadError, read_image
+from p3m.privacy.files import ANONYMIZED, ERROR, NO_FACES, NOT_ANONYMIZED, FileReport, summarize
+from p3m.reports.page import Html, document, draw_boxes, element, figure, table, thumbnail
+
+AUDIT_THUMBNAIL_SIZE = 192
+
+_VERIFICATION = {
+    ANONYMIZED: "passed: no face detected in the output",
+    NO_FACES: "passed: no face detected",
+    NOT_ANONYMIZED: "failed: a face is still detected, nothing written",
+    ERROR: "not completed",
+}
+
+
+def _boxes(report: FileReport) -> list[tuple[float, float, float, float]]:
+    """The boxes of the faces in the first frame (the one a thumbnail shows)."""
+    frames = report.face_frames if len(report.face_frames) == len(report.faces) else [0] * len(report.faces)
+    return [face.box for face, frame in zip(report.faces, frames) if frame == 0]
+
+
+def _thumbnail(path, report: FileReport, caption: str, photo: bool = True) -> Html:
+    """A thumbnail of the image file ``path`` with the report's face boxes outlined, or why there is none."""
+    try:
+        image = read_image(path)
+    except ImageReadError as error:
+        return element("span", f"{caption} not shown: cannot be read", title=str(error), class_="muted")
+    small = thumbnail(image, AUDIT_THUMBNAIL_SIZE)
+    return figure(draw_boxes(small, _boxes(report), image.shape[1] / small.width), caption, photo=photo)
+
+
+def _faces(report: FileReport) -> Html:
+    if not report.faces:
+        return element("span", "none")
+    scores = ", ".join(f"{face.score:.2f}" for face in report.faces)
+    return element("span", f"{len(report.faces)} (scores {scores})")
+
+
+def anonymize_page(reports: Sequence[FileReport], title: str, originals: bool = False) -> str:
+    """The audit page of a run.
+
+    Args:
+        reports: one per input, in the run's order.
+        title: what was anonymized (e.g. the output folder).
+        originals: also show a thumbnail of each input (``--audit-originals``); without it the page
+            embeds no pixel of any input.
+    """
+    header = ["#", "input and output", "status", "faces obfuscated", "verification", "anonymized"]
+    if originals:
+        header.append("original")
+    header.append("reason")
+    rows = []
+    for index, report in enumerate(reports, 1):
+        files = element("div", element("span", str(report.input), class_="path"))
+        if report.output is not None:
+            files = Html(files + element("div", "-> ", element("span", str(report.output), class_="path")))
+        ok = report.status in (ANONYMIZED, NO_FACES)
+        row = [index, files, element("span", report.status, class_="status " + ("status-ok" if ok else "status-fail")),
+               _faces(report), f"{_VERIFICATION.get(report.status, report.status)} (threshold "
+                               f"{report.verify_threshold:g})" if ok else _VERIFICATION.get(report.status, ""),
+               _thumbnail(report.output, report, "output") if report.output is not None else
+               element("span", "nothing written", class_="muted")]
+        if originals:
+            row.append(_thumbnail(report.input, report, "original"))
+        row.append(element("span", report.error, class_="path") if report.error else "")
+        rows.append(row)
+    note = ("Thumbnails of the originals are shown (--audit-originals): this page shows the faces it hides; "
+            "share it as you would the originals." if originals else
+            "Only the anonymized outputs are shown; no pixel of an original is in this page.")
+    body = [element("h1", "p3m anonymize: ", title), element("p", summarize(list(reports))),
+            element("p", note, " Red boxes: the faces obfuscated (first frame). Thumbnails: long side at most ",
+                    AUDIT_THUMBNAIL_SIZE, " px.", class_="muted"),
+            table(header, rows, class_="audit")]
+    return document(f"p3m anonymize: {title}", *body)
+

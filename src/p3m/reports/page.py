@@ -73,10 +73,10 @@ def thumbnail(array: np.ndarray, size: int = THUMBNAIL_SIZE) -> Image.Image:
 
 
 def data_uri(image: Image.Image, photo: bool = False) -> str:
-    """``image`` as a data URI: JPEG (quality 85) for photos, PNG for maps and masks."""
+    """``image`` as a data URI: JPEG (quality 85, no chroma subsampling) for photos, PNG for maps and masks."""
     buffer = io.BytesIO()
     if photo:
-        image.convert("RGB").save(buffer, format="JPEG", quality=85)
+        image.convert("RGB").save(buffer, format="JPEG", quality=85, subsampling=0)
     else:
         image.save(buffer, format="PNG", optimize=True)
     mime = "image/jpeg" if photo else "image/png"

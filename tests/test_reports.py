@@ -146,25 +146,30 @@ def test_evaluate_report_extension_picks_the_format_and_inputs_are_protected(alp
 
 # --- p3m anonymize --report FILE.html ------------------------------------------------------------
 
-@pytest.fixture
-def audit_photos(tmp_path) -> Path:
-    """Two portraits with a face (one under a path spelling a script tag), one without, one broken file."""
+@pytest.fixture(scope="module")
+def audit_run(tmp_path_factory):
+    """``p3m anonymize --report`` over two portraits with a face (one under a path spelling a script tag), one
+    without and one broken file: (photos, out, page, page with --audit-originals)."""
+    tmp_path = tmp_path_factory.mktemp("audit")
     root = tmp_path / "photos"
     (root / "<script>alert(1)<").mkdir(parents=True)
     shutil.copy(PORTRAITS / "p_bac3c1ff.jpg", root / "<script>alert(1)</script>.jpg")
     shutil.copy(PORTRAITS / "p_07141906.jpg", root / "face.jpg")
     shutil.copy(PORTRAITS / "p_0865636e.jpg", root / "no_face.jpg")
     (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    return root
+    out, page, audited = tmp_path / "out", tmp_path / "audit.html", tmp_path / "audited.html"
+    assert main(["anonymize", "--quiet", str(root), "-o", str(out), "--report", str(page)]) == 1
+    assert main(["anonymize", "--quiet", str(root), "-o", str(out), "--report", str(audited),
+                 "--audit-originals"]) == 1
+    return root, out, page, audited
 
 
 def audit_thumbnail(path: Path) -> np.ndarray:
     return np.asarray(thumbnail(read_image(path), AUDIT_THUMBNAIL_SIZE))
 
 
-def test_anonymize_page_shows_outputs_only_unless_asked(audit_photos, tmp_path, capsys):
-    out, page_path = tmp_path / "out", tmp_path / "audit.html"
-    assert main(["anonymize", "--quiet", str(audit_photos), "-o", str(out), "--report", str(page_path)]) == 1
+def test_anonymize_page_shows_outputs_only_unless_asked(audit_run):
+    audit_photos, out, page_path, audited = audit_run
     page = Page(page_path.read_text())
     assert "script" not in page.tags
     rows = {row[1].split("->")[0].strip(): row for row in page.rows[1:]}
@@ -189,9 +194,6 @@ def test_anonymize_page_shows_outputs_only_unless_asked(audit_photos, tmp_path, 
         if rows[name][2] == "anonymized":  # where the face was, the page differs from the original
             assert np.abs(shown.astype(int) - original.astype(int)).max() > 60
 
-    audited = tmp_path / "audited.html"
-    assert main(["anonymize", "--quiet", str(audit_photos), "-o", str(out), "--report", str(audited),
-                 "--audit-originals"]) == 1
     page = Page(audited.read_text())
     assert len(page.figures("output")) == 3
     originals = page.figures("original")
@@ -200,19 +202,20 @@ def test_anonymize_page_shows_outputs_only_unless_asked(audit_photos, tmp_path, 
         assert np.abs(shown.astype(int) - audit_thumbnail(Path(name)).astype(int)).mean() < 6
 
 
-def test_anonymize_page_of_a_failed_verification_embeds_nothing(audit_photos, tmp_path, capsys, monkeypatch):
+def test_anonymize_page_of_a_failed_verification_embeds_nothing(audit_run, tmp_path, capsys, monkeypatch):
     import p3m.privacy.files as files
 
     monkeypatch.setattr(files, "obfuscate", lambda image, faces, method, **options: image.copy())
     page_path = tmp_path / "audit.html"
-    assert main(["anonymize", "--quiet", str(audit_photos / "face.jpg"), "-o", str(tmp_path / "out"),
+    assert main(["anonymize", "--quiet", str(audit_run[0] / "face.jpg"), "-o", str(tmp_path / "out"),
                  "--report", str(page_path)]) == 1
     page = Page(page_path.read_text())
     assert page.rows[1][2] == "not_anonymized" and "still detected" in page.rows[1][6]
     assert page.images == []
 
 
-def test_anonymize_json_report_unchanged_and_audit_needs_html(audit_photos, tmp_path, capsys):
+def test_anonymize_json_report_unchanged_and_audit_needs_html(audit_run, tmp_path, capsys):
+    audit_photos = audit_run[0]
     report = tmp_path / "report.json"
     assert main(["anonymize", "--quiet", str(audit_photos / "face.jpg"), "-o", str(tmp_path / "out"),
                  "--report", str(report)]) == 0
@@ -227,3 +230,40 @@ def test_data_uri_round_trip():
     np.testing.assert_array_equal(decode(data_uri(image))[:, :, 0], np.asarray(image))
     assert max(thumbnail(np.zeros((1000, 300), np.uint8)).size) == THUMBNAIL_SIZE
     assert thumbnail(np.zeros((10, 30), np.uint8)).size == (30, 10)  # never enlarged
+
+
+def test_pages_render_in_a_browser(alpha_folders, audit_run, tmp_path, capsys):
+    """Both pages in chromium: tables and images are there, names are shown as text, nothing runs or loads."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    assert Path(chromium).exists(), "chromium is not installed; scripts/setup.sh installs it with apt"
+    pred_dir, gt_dir, _ = alpha_folders
+    evaluate_page = tmp_path / "evaluate.html"
+    assert main(["evaluate", "--pred", str(pred_dir), "--gt", str(gt_dir), "--fast", "--report",
+                 str(evaluate_page)]) == 0
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium)
+        try:
+            page = browser.new_page()
+            dialogs, requests = [], []
+            page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+            page.on("request", lambda request: requests.append(request.url))
+
+            def images_shown() -> int:
+                return page.evaluate("[...document.images].filter(i => i.complete && i.naturalWidth > 0).length")
+
+            page.goto(evaluate_page.as_uri())
+            assert page.locator("table").first.locator("tbody tr").count() == 3  # SAD, MSE, MAD
+            assert page.locator("figure.histogram svg rect.bar").count() == 3 * 20
+            assert page.locator("h3 .path").first.inner_text() == f"{HOSTILE_NAME}.png"
+            assert images_shown() == page.locator("img").count() == 1 + 3 * 3  # colour scale, 3 images x 3 maps
+
+            page.goto(audit_run[3].as_uri())
+            assert page.locator("table.audit tbody tr").count() == 4
+            assert images_shown() == page.locator("img").count() == 6  # 3 outputs, 3 originals
+            assert "<script>alert(1)</script>.jpg" in page.locator("table.audit").inner_text()
+
+            assert page.evaluate("document.scripts.length") == 0 and dialogs == []
+            assert [url for url in requests if not url.startswith(("file:", "data:"))] == []
+        finally:
+            browser.close()

@@ -9,40 +9,42 @@ from __future__ import annotations
 from typing import Sequence
 
 from p3m.io import ImageReadError, read_image
-from p3m.privacy.files import ANONYMIZED, ERROR, NO_FACES, NOT_ANONYMIZED, FileReport, summarize
-from p3m.reports.page import Html, document, draw_boxes, element, figure, table, thumbnail
+from p3m.privacy.files import ANONYMIZED, NO_FACES, NOT_ANONYMIZED, FileReport, summarize
+from p3m.reports.page import Html, document, draw_boxes, element, figure, join, table, thumbnail
 
 AUDIT_THUMBNAIL_SIZE = 192
-
-_VERIFICATION = {
-    ANONYMIZED: "passed: no face detected in the output",
-    NO_FACES: "passed: no face detected",
-    NOT_ANONYMIZED: "failed: a face is still detected, nothing written",
-    ERROR: "not completed",
-}
 
 
 def _boxes(report: FileReport) -> list[tuple[float, float, float, float]]:
     """The boxes of the faces in the first frame (the one a thumbnail shows)."""
-    frames = report.face_frames if len(report.face_frames) == len(report.faces) else [0] * len(report.faces)
+    frames = report.face_frames or [0] * len(report.faces)
     return [face.box for face, frame in zip(report.faces, frames) if frame == 0]
 
 
-def _thumbnail(path, report: FileReport, caption: str, photo: bool = True) -> Html:
+def _thumbnail(path, report: FileReport, caption: str) -> Html:
     """A thumbnail of the image file ``path`` with the report's face boxes outlined, or why there is none."""
     try:
         image = read_image(path)
     except ImageReadError as error:
         return element("span", f"{caption} not shown: cannot be read", title=str(error), class_="muted")
     small = thumbnail(image, AUDIT_THUMBNAIL_SIZE)
-    return figure(draw_boxes(small, _boxes(report), image.shape[1] / small.width), caption, photo=photo)
+    return figure(draw_boxes(small, _boxes(report), image.shape[1] / small.width), caption, photo=True)
 
 
-def _faces(report: FileReport) -> Html:
+def _verification(report: FileReport) -> str:
+    if report.status == ANONYMIZED:
+        return f"passed: no face detected in the output (threshold {report.verify_threshold:g})"
+    if report.status == NO_FACES:
+        return f"passed: no face detected (threshold {report.verify_threshold:g})"
+    if report.status == NOT_ANONYMIZED:
+        return "failed: a face is still detected, nothing written"
+    return "not completed"
+
+
+def _faces(report: FileReport) -> str:
     if not report.faces:
-        return element("span", "none")
-    scores = ", ".join(f"{face.score:.2f}" for face in report.faces)
-    return element("span", f"{len(report.faces)} (scores {scores})")
+        return "none"
+    return f"{len(report.faces)} (scores {', '.join(f'{face.score:.2f}' for face in report.faces)})"
 
 
 def anonymize_page(reports: Sequence[FileReport], title: str, originals: bool = False) -> str:
@@ -62,13 +64,11 @@ def anonymize_page(reports: Sequence[FileReport], title: str, originals: bool = 
     for index, report in enumerate(reports, 1):
         files = element("div", element("span", str(report.input), class_="path"))
         if report.output is not None:
-            files = Html(files + element("div", "-> ", element("span", str(report.output), class_="path")))
-        ok = report.status in (ANONYMIZED, NO_FACES)
-        row = [index, files, element("span", report.status, class_="status " + ("status-ok" if ok else "status-fail")),
-               _faces(report), f"{_VERIFICATION.get(report.status, report.status)} (threshold "
-                               f"{report.verify_threshold:g})" if ok else _VERIFICATION.get(report.status, ""),
-               _thumbnail(report.output, report, "output") if report.output is not None else
-               element("span", "nothing written", class_="muted")]
+            files = join([files, element("div", "-> ", element("span", str(report.output), class_="path"))])
+        status = element("span", report.status, class_="status " + ("status-ok" if report.ok else "status-fail"))
+        output = (_thumbnail(report.output, report, "output") if report.output is not None
+                  else element("span", "nothing written", class_="muted"))
+        row = [index, files, status, _faces(report), _verification(report), output]
         if originals:
             row.append(_thumbnail(report.input, report, "original"))
         row.append(element("span", report.error, class_="path") if report.error else "")

@@ -80,9 +80,11 @@ def _worst_images(report: EvaluationReport, count: int, predict: Optional[Predic
     for rank, name in enumerate(ranked, 1):
         values = report.images[name]
         scores = table(list(report.keys), [[_number(values[key]) for key in report.keys]], class_="numbers")
+        sample = report.files.get(name)
         try:
-            maps = join(_error_maps(report.files[name], predict)) if name in report.files else \
-                element("p", "the files of this image are unknown", class_="muted")
+            maps = (join(_error_maps(sample, predict)) if sample is not None
+                    else element("p", "error map not shown: the report does not name this image's files",
+                                 class_="muted"))
         except (ImageReadError, ValueError, OSError, RuntimeError) as error:
             maps = element("p", f"error map not shown: {error}", class_="muted")
         blocks.append(element("section", element("h3", f"{rank}. ", element("span", name, class_="path")), scores,

@@ -67,6 +67,7 @@ def test_elements_escape_text_and_attributes():
     assert element("td", "<script>alert(1)</script>") == "<td>&lt;script&gt;alert(1)&lt;/script&gt;</td>"
     assert element("img", alt='" onload="x') == '<img alt="&quot; onload=&quot;x">'
     assert element("p", element("b", "a&b"), "<i>") == "<p><b>a&amp;b</b>&lt;i&gt;</p>"
+    assert element("span", title=element("b", '"')) == '<span title="&lt;b&gt;&amp;quot;&lt;/b&gt;"></span>'
     assert escape(None) == ""
 
 

@@ -106,12 +106,11 @@ def _report_guard(args, evaluation):
             if os.path.realpath(path) == os.path.realpath(other_path):
                 raise CommandError(f"{option} and {other} name the same file {path}")
     for option, path in named:
-        if path:
-            try:
-                check_destination(path, inputs=inputs)
-            except UnsafeOutputError:
-                raise CommandError(f"{option} {path} is one of the files being evaluated; "
-                                   "choose another file for the scores") from None
+        try:
+            check_destination(path, inputs=inputs)
+        except UnsafeOutputError:
+            raise CommandError(f"{option} {path} is one of the files being evaluated; "
+                               "choose another file for the scores") from None
     return inputs
 
 
@@ -150,11 +149,10 @@ def run(args) -> int:
     print(summary)
     writers = {"json": report.write_json, "csv": report.write_csv,
                "html": lambda path, **guards: _write_page(path, args, report, predict, **guards)}
-    for path, write in ((args.json, writers["json"]), (args.csv, writers["csv"]),
-                        (args.report, writers.get(report_kind))):
+    for path, kind in ((args.json, "json"), (args.csv, "csv"), (args.report, report_kind)):
         if path:
             try:
-                write(path, inputs=inputs)
+                writers[kind](path, inputs=inputs)
             except (OSError, ValueError) as error:
                 raise CommandError(f"{path}: cannot write ({getattr(error, 'strerror', None) or error})") from None
     if report.interrupted:

@@ -43,8 +43,9 @@ def join(parts: Iterable[Content]) -> Html:
 
 
 def element(tag: str, *children: Content, **attributes: Content) -> Html:
-    """``<tag attributes>children</tag>``; ``class_`` gives ``class``, a None attribute is left out."""
-    attrs = "".join(f' {name.rstrip("_").replace("_", "-")}="{escape(value)}"'
+    """``<tag attributes>children</tag>``: children escaped unless ``Html``, attribute values always escaped;
+    ``class_`` gives ``class``, ``aria_label`` ``aria-label``; a None attribute is left out."""
+    attrs = "".join(f' {name.rstrip("_").replace("_", "-")}="{html.escape(str(value), quote=True)}"'
                     for name, value in attributes.items() if value is not None)
     if tag in _VOID:
         return Html(f"<{tag}{attrs}>")

@@ -268,3 +268,25 @@ def test_pages_render_in_a_browser(alpha_folders, audit_run, tmp_path, capsys):
             assert [url for url in requests if not url.startswith(("file:", "data:"))] == []
         finally:
             browser.close()
+
+
+def test_anonymize_page_shows_a_video_by_its_first_frame(tmp_path, capsys):
+    pytest.importorskip("av", reason="video support needs PyAV (the 'video' extra)")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("face_clips", Path(__file__).parent / "fixtures" / "face_clips.py")
+    face_clips = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(face_clips)
+    frames = list(face_clips.face_frames("p_bac3c1ff", 192, 144, 4, face_height=40))
+    source = face_clips.write_clip(tmp_path / "clips" / "walk.mp4", frames)
+    page_path = tmp_path / "audit.html"
+    assert main(["anonymize", "--quiet", str(source), "-o", str(tmp_path / "out"), "--report", str(page_path),
+                 "--audit-originals"]) == 0
+    page = Page(page_path.read_text())
+    row = page.rows[1]
+    assert row[2] == "anonymized" and row[3].startswith("1 face track(s) (best scores 0.")
+    assert row[4].startswith("passed: no face detected on any of 4 frames")
+    (output,), (original,) = page.figures("output"), page.figures("original")
+    assert output.shape == original.shape == (144, 192, 3)
+    assert np.abs(original.astype(int) - frames[0].astype(int)).mean() < 6  # H.264, JPEG, the red box
+    assert np.abs(output.astype(int) - original.astype(int)).max() > 60  # the face is hidden in the output

@@ -360,7 +360,8 @@ def test_anonymized_file_is_converted_to_srgb_and_carries_no_profile(tmp_path, m
     monkeypatch.setattr(Image, "open", lambda *args, **kwargs: opened.append(args[0]) or real_open(*args, **kwargs))
     report = privacy.anonymize_file(source, output)
     monkeypatch.undo()
-    assert report.status == "no_faces" and len(opened) == 1  # one decode of the source
+    lossy = name.endswith(".jpg")  # the JPEG written is read back once, to be searched as encoded
+    assert report.status == "no_faces" and len(opened) == 1 + lossy  # one decode of the source
     assert b"SECRET-PROFILE" not in output.read_bytes()
     with Image.open(output) as written:
         assert written.mode == {"CMYK": "RGB"}.get(mode, mode) and "icc_profile" not in written.info
@@ -440,3 +441,32 @@ def test_a_tile_searched_again_after_a_local_change_finds_what_a_fresh_search_fi
     assert windowed < 0.5 * sum(searched)
     assert len(again) == len(fresh) == 1 and iou(again[0].box, fresh[0].box) > 0.95
     assert 1800 < centre(again[0])[0] < 1800 + 70 * 2.6
+
+
+@pytest.mark.parametrize("name, searched_again", [("photo.jpg", True), ("photo.gif", True), ("photo.png", False)])
+def test_a_lossy_output_is_searched_as_encoded(tmp_path, monkeypatch, name, searched_again):
+    """Verification passes on the pixels given to the encoder; a face detectable only in the encoded
+    JPEG or GIF still means nothing is written, and an earlier output is removed."""
+    from PIL import Image
+
+    from p3m.privacy import files
+
+    source, output = tmp_path / name, tmp_path / "out" / name
+    Image.fromarray(np.full((48, 64, 3), 128, np.uint8)).save(source)
+    output.parent.mkdir()
+    output.write_bytes(b"an earlier run's output")
+    searched = []
+
+    def detect(frame, threshold, detector):
+        searched.append(frame.image.shape)
+        return [Face((4, 4, 40, 40), 0.51, ((20, 20),) * 5)] if len(searched) > 2 else []  # found only after detection + check
+
+    monkeypatch.setattr(files, "_detect", detect)
+    report = privacy.anonymize_file(source, output)
+    if searched_again:
+        assert report.status == "not_anonymized" and "once encoded" in report.error and "0.51" in report.error
+        assert not output.exists() and report.output is None
+        assert list(output.parent.iterdir()) == []  # no temporary left either
+    else:
+        assert report.status == "no_faces" and len(searched) == 2
+        assert output.read_bytes() != b"an earlier run's output"

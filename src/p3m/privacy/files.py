@@ -22,6 +22,8 @@ JPEG_QUALITY = 95
 _FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF",
             ".webp": "WEBP", ".gif": "GIF"}
 _MULTI_FRAME_FORMATS = frozenset({"PNG", "TIFF", "WEBP", "GIF"})
+# Encoding changes the pixels (JPEG's quantization, GIF's palette): the written file is searched again.
+_LOSSY_FORMATS = frozenset({"JPEG", "GIF"})
 _SRGB = ImageCms.createProfile("sRGB")
 
 
@@ -197,11 +199,23 @@ def _array(frame: _Frame, gray: bool) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _write_like_source(path: Path, frames: list[_Frame], source: _Source) -> None:
+class _DetectedAfterEncoding(Exception):
+    """A face is detectable in the encoded file although not in the pixels given to the encoder."""
+
+    def __init__(self, frame: int, faces: list[Face]):
+        super().__init__(frame, faces)
+        self.frame, self.faces = frame, faces
+
+
+def _write_like_source(path: Path, frames: list[_Frame], source: _Source,
+                       search: Optional[Callable[[_Frame], list[Face]]] = None) -> None:
     """Write ``frames`` with the source's channels (gray, alpha) in the format ``path``'s suffix names.
 
     Pixels are sRGB and no metadata is written (no profile, EXIF, XMP, text
     or comment). A format without frames (JPEG, BMP) gets the first frame.
+    For a lossy format, ``search`` runs on every frame of the encoded file as
+    it will be read back, before it takes its final name; a face it returns
+    raises :class:`_DetectedAfterEncoding` and nothing is written.
     """
     pillow_format = _output_format(path)
     options: dict = {}
@@ -221,7 +235,16 @@ def _write_like_source(path: Path, frames: list[_Frame], source: _Source) -> Non
         options["loop"] = source.loop
     if len(images) > 1 and pillow_format == "GIF" and frames[0].alpha is not None:
         options["disposal"] = 2
-    atomic_write(path, lambda tmp: images[0].save(tmp, format=pillow_format, **options))
+
+    def write(tmp: Path) -> None:
+        images[0].save(tmp, format=pillow_format, **options)
+        if search is not None and pillow_format in _LOSSY_FORMATS:
+            for index, frame in enumerate(_read_source(tmp).frames):
+                found = search(frame)
+                if found:
+                    raise _DetectedAfterEncoding(index, found)
+
+    atomic_write(path, write)
 
 
 def remove_outputs(*paths: Optional[os.PathLike]) -> None:
@@ -243,8 +266,10 @@ def anonymize_file(source: os.PathLike, output: os.PathLike, mask_output: Option
     output keeps the input's format (JPEG at quality 95, WebP lossless),
     channels and frames, with EXIF orientation applied, colours converted to
     sRGB and no metadata at all (profile, EXIF, XMP, text chunks, comments).
-    When a face is still detected after obfuscation, nothing is written and
-    an earlier output of the file is removed (fail-closed).
+    A JPEG or GIF output is searched again as encoded (quantization can bring
+    a blurred face back over the threshold). When a face is still detected
+    after obfuscation, nothing is written and an earlier output of the file
+    is removed (fail-closed).
 
     Args:
         source: input image.
@@ -283,10 +308,16 @@ def anonymize_file(source: os.PathLike, output: os.PathLike, mask_output: Option
                             f"(best score {best:.2f}); output not written")
         else:
             try:
-                _write_like_source(output, hidden, loaded)
+                _write_like_source(output, hidden, loaded, search=lambda frame: _detect(frame, check, detector))
                 if mask_output is not None:
                     shape = loaded.frames[0].image.shape
                     save_image(mask_output, np.max([face_mask(shape, faces) for faces in hidden_faces], axis=0))
+            except _DetectedAfterEncoding as found:
+                where = f" in frame {found.frame}" if report.frames > 1 else ""
+                best = max(face.score for face in found.faces)
+                report.status = NOT_ANONYMIZED
+                report.error = (f"{source}: {len(found.faces)} face(s) detectable{where} once encoded as "
+                                f"{_output_format(output)} (best score {best:.2f}); output not written")
             except (OSError, ValueError) as error:
                 report.error = f"{output}: cannot write ({error})"
             else:

@@ -31,8 +31,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         spec = get_spec(args.model)
         network = load_weights(spec.build(), resolve(spec.name, args.weights), spec.name)
+        export_onnx(network, spec, args.output)
     except (WeightsUnavailableError, CheckpointError, KeyError, ValueError) as error:
         raise CommandError(str(error).strip("'\"")) from None
-    export_onnx(network, spec, args.output)
     print(f"p3m export: {spec.name} -> {args.output}", file=sys.stderr)
     return 0

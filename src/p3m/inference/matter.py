@@ -11,7 +11,7 @@ import numpy as np
 
 from p3m.inference.devices import resolve_device  # noqa: F401  (re-exported: p3m.train uses the same rule)
 from p3m.inference.engines import create_engine
-from p3m.inference.pipeline import STRATEGIES, Method, smallest_supported_side
+from p3m.inference.pipeline import Method, matte, smallest_supported_side
 from p3m.io import ImageInput, ImageReadError, read_image
 
 if TYPE_CHECKING:
@@ -131,8 +131,7 @@ class Matter:
 
             seen, record = hide_faces_for_model(rgb)
         working = _working_image(seen, self.shorter_side_limit)
-        strategy = STRATEGIES[self.method]
-        alpha, trimap = strategy(self.runtime, working, self.max_size)
+        alpha, trimap = matte(self.runtime, working, self.method, self.max_size)
         if working.shape[:2] != (height, width):
             alpha = np.clip(cv2.resize(alpha, (width, height), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
             trimap = cv2.resize(trimap, (width, height), interpolation=cv2.INTER_NEAREST)

@@ -3,6 +3,7 @@ constants, checkpoint loading and saving, and inference at every size the pipeli
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -182,3 +183,120 @@ def test_export_is_refused_with_a_reason(swin_model, tmp_path):
     with pytest.raises(ValueError, match="attention masks depend on the input size"):
         export_onnx(swin_model, get_spec("swin-t"), tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+# ----------------------------------------------------------------------------- ImageNet encoders
+
+def _standard_swin_t_state() -> dict[str, torch.Tensor]:
+    """A Swin-T ImageNet state dict in the Microsoft / timm layout, random values."""
+    generator = torch.Generator().manual_seed(0)
+
+    def tensor(*shape):
+        return torch.randn(*shape, generator=generator)
+
+    state = {"patch_embed.proj.weight": tensor(96, 3, 4, 4), "patch_embed.proj.bias": tensor(96),
+             "patch_embed.norm.weight": tensor(96), "patch_embed.norm.bias": tensor(96)}
+    for stage, (depth, heads) in enumerate(zip((2, 2, 6, 2), (3, 6, 12, 24))):
+        dim = 96 * 2 ** stage
+        for block in range(depth):
+            prefix = f"layers.{stage}.blocks.{block}."
+            shapes = {"norm1.weight": (dim,), "norm1.bias": (dim,), "attn.relative_position_bias_table": (169, heads),
+                      "attn.qkv.weight": (3 * dim, dim), "attn.qkv.bias": (3 * dim,), "attn.proj.weight": (dim, dim),
+                      "attn.proj.bias": (dim,), "norm2.weight": (dim,), "norm2.bias": (dim,),
+                      "mlp.fc1.weight": (4 * dim, dim), "mlp.fc1.bias": (4 * dim,),
+                      "mlp.fc2.weight": (dim, 4 * dim), "mlp.fc2.bias": (dim,)}
+            state.update({prefix + name: tensor(*shape) for name, shape in shapes.items()})
+            state[prefix + "attn.relative_position_index"] = relative_position_index(7)
+        if stage < 3:
+            state[f"layers.{stage}.downsample.reduction.weight"] = tensor(2 * dim, 4 * dim)
+            state[f"layers.{stage}.downsample.norm.weight"] = tensor(4 * dim)
+            state[f"layers.{stage}.downsample.norm.bias"] = tensor(4 * dim)
+    state.update({"norm.weight": tensor(768), "norm.bias": tensor(768), "head.weight": tensor(1000, 768),
+                  "head.bias": tensor(1000)})
+    return state
+
+
+def test_standard_imagenet_swin_t_loads_its_blocks_and_reports_the_rest(tmp_path):
+    from p3m.backbone import load_backbone
+
+    state = _standard_swin_t_state()
+    path = tmp_path / "swin_tiny_patch4_window7_224.pth"
+    torch.save({"model": state}, path)
+    model = create_model("swin-t")
+    report = load_backbone(model, path)
+    blocks = [key for key in state if ".blocks." in key and not key.endswith("relative_position_index")]
+    assert len(blocks) == 12 * 13
+    assert sorted(report.loaded) == sorted(blocks + ["patch_embed.norm.weight", "patch_embed.norm.bias",
+                                                     "norm.weight", "norm.bias"])
+    encoder = model.encoder.state_dict()
+    for key in report.loaded:
+        assert torch.equal(encoder[key], state[key]), key
+    assert sorted(report.missing) == sorted(
+        [f"patch_embed.proj{i}.{kind}" for i in (1, 2, 3) for kind in ("weight", "bias")]
+        + [f"layers.{stage}.downsample.linear.weight" for stage in range(3)])
+    assert report.mismatched["layers.1.downsample.norm.weight"] == ((768,), (192,))
+    assert len(report.mismatched) == 6 and not report.complete
+    assert {"head.weight", "patch_embed.proj.weight", "layers.0.downsample.reduction.weight"} <= set(report.unexpected)
+    summary = report.summary()
+    assert summary.startswith(f"backbone: 160 of 175 encoder tensors loaded from {path}")
+    assert "wrong shape, skipped: 6" in summary and "head.weight" in summary
+
+
+def test_official_imagenet_swin_t_loads_completely(swin_checkpoint, tmp_path):
+    from p3m.backbone import load_backbone
+
+    official = read_checkpoint(swin_checkpoint)["state_dict"]
+    # The official backbone file: the encoder's keys unprefixed, masks of a 224 px input, a classifier.
+    state = {key[len("encoder."):]: value for key, value in official.items()
+             if key.startswith("encoder.") and not key.endswith("attn_mask")}
+    state["layers.0.blocks.1.attn_mask"] = torch.zeros(64, 49, 49)
+    state["head.weight"] = torch.zeros(1000, 768)
+    path = tmp_path / "swin_pretrained_epoch_299.pth"
+    torch.save(state, path)
+    model = create_model("swin-t")
+    report = load_backbone(model, path)
+    assert report.complete and report.missing == [] and report.mismatched == {}
+    assert len(report.loaded) == 175
+    assert torch.equal(model.encoder.layers[2].blocks[5].attn.qkv.weight,
+                       official["encoder.layers.2.blocks.5.attn.qkv.weight"])
+
+
+def test_weights_list_says_no_trained_swin_t_is_published(tmp_path, monkeypatch, capsys):
+    from p3m.cli import main
+
+    monkeypatch.setenv("P3M_HOME", str(tmp_path / "home"))
+    assert main(["weights", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert re.search(r"^swin-t +\(no trained P3M-Net weights are published", listed, re.M)
+    assert re.search(r"^swin-t-imagenet +swin_pretrained_epoch_299\.pth +missing +"
+                     r"https://drive\.google\.com/drive/folders/1sBRVgvFNtkZql1_ti_CxCgZs2O8U4RmW", listed, re.M)
+
+
+# ----------------------------------------------------------------------------- training
+
+def test_stochastic_depth_follows_the_official_rule():
+    encoder = create_model("swin-t").encoder
+    rates = [block.drop_path.rate for stage in encoder.layers for block in stage.blocks]
+    np.testing.assert_allclose(rates, np.linspace(0, 0.2, 12), atol=1e-7)
+    last = encoder.layers[3].blocks[1].drop_path
+    residual = torch.ones(64, 5, 8)
+    last.train()
+    kept = last(residual)[:, 0, 0]
+    assert set(kept.tolist()) == {0.0, 1.25} and 0 < (kept == 0).sum() < 64
+    last.eval()
+    assert torch.equal(last(residual), residual)
+
+
+def test_train_runs_a_few_steps(tmp_path, capsys):
+    from p3m.cli import main
+    from p3m.data.synth import write_dataset
+
+    write_dataset(tmp_path / "data", 2, seed=0, size=96)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "data"), "--output", str(run), "--model", "swin-t",
+                 "--image-size", "64", "--batch-size", "2", "--workers", "0", "--device", "cpu",
+                 "--validate-every", "0", "--backbone-weights", "none", "--max-steps", "2", "--log-every", "1"]) == 0
+    losses = [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    model = load_weights(create_model("swin-t"), run / "last.pth", "swin-t")
+    assert isinstance(model.encoder.layers[0].blocks[0].attn.relative_position_bias_table, torch.nn.Parameter)

@@ -22,7 +22,7 @@ from torch import nn
 from p3m.models.decoder import DecoderSpec
 from p3m.models.features import EncoderFeatures
 from p3m.models.p3mnet import P3MNet
-from p3m.models.registry import ModelSpec, StateDict, register_model
+from p3m.models.registry import ModelSpec, PretrainedWeights, StateDict, register_model
 from p3m.models.swin_layers import WINDOW, SwinBlock, SwinStem, attention_mask, relative_position_index
 from p3m.models.vitae_layers import PatchMerging, tokens_to_map
 
@@ -150,6 +150,15 @@ register_model(
         to_official=swin_to_official,
         from_official=swin_from_official,
         signature_key="encoder.patch_embed.proj1.weight",
+        # No trained P3M-Net(Swin-T) is published. Its ImageNet encoder is in the folder of
+        # github.com/ViTAE-Transformer/P3M-Net (README, 2023-11-05: "ViTAE-S and SWIN-T backbone
+        # models pretrained on ImageNet"); the official training config reads it as
+        # models/pretrained/swin_pretrained_epoch_299.pth, a bare encoder state dict.
+        imagenet_weights=PretrainedWeights(
+            file_name="swin_pretrained_epoch_299.pth",
+            google_drive_id="1sBRVgvFNtkZql1_ti_CxCgZs2O8U4RmW",
+            in_folder=True,
+        ),
         description="P3M-Net, Swin-T max-pool encoder (IJCV 2023); no trained weights are published",
         small_image_side=SMALL_IMAGE_SIDE,
         exportable=False,

@@ -50,12 +50,25 @@ def test_raw_outputs_match_official(swin_model, fixtures_dir):
     assert fusion_off.mean() <= 1e-3
 
 
-@pytest.mark.parametrize("method", ["hybrid", "resize"])
+@pytest.mark.parametrize("method", [pytest.param("hybrid", marks=pytest.mark.slow), "resize"])
 def test_small_image_takes_the_official_one_pass_path(swin_matter, fixtures_dir, method):
     # ref_small.png (487x325) has a side under 512: one pass at 512x736 for either method.
     reference = np.load(fixtures_dir / "swin_pipeline_ref_small.npz")[method.upper()]
     alpha = swin_matter.with_options(method=method).predict(fixtures_dir / "ref_small.png").alpha
     _assert_alpha_matches(alpha, reference)
+
+
+def test_dataset_evaluation_runs_small_images_like_any_other(swin_checkpoint, fixtures_dir):
+    from p3m.inference.pipeline import resize_method
+    from p3m.io import read_image
+
+    matter = p3m.Matter(model="swin-t", weights=swin_checkpoint, method="resize", device="cpu",
+                        shorter_side_limit=None, small_image_pass=False)
+    alpha = matter.predict(fixtures_dir / "ref_small.png").alpha
+    expected, _ = resize_method(matter.runtime, read_image(fixtures_dir / "ref_small.png"), 1600)
+    assert np.array_equal(alpha, expected)
+    official_sample_path = np.load(fixtures_dir / "swin_pipeline_ref_small.npz")["RESIZE"]
+    assert np.abs(alpha - official_sample_path).mean() > 0.01
 
 
 @pytest.mark.parametrize("method", ["hybrid", "resize"])
@@ -128,10 +141,14 @@ def test_network_runs_at_sizes_the_official_code_cannot(swin_model, size):
 ])
 def test_matter_gives_an_alpha_at_any_image_size(swin_matter, height, width, max_size):
     image = np.random.default_rng(height * width).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    alphas = {}
     for method in ("hybrid", "resize"):
         alpha = swin_matter.with_options(method=method, max_size=max_size).predict(image).alpha
         assert alpha.shape == (height, width) and alpha.dtype == np.float32
         assert 0 <= alpha.min() and alpha.max() <= 1
+        alphas[method] = alpha
+    # Under 512 px on a side both methods are the one small-image pass.
+    assert np.array_equal(alphas["hybrid"], alphas["resize"]) == (min(height, width) < 512)
 
 
 @pytest.mark.slow

@@ -129,12 +129,12 @@ def small_image(engine: Engine, image: np.ndarray, max_size: int, min_side: int)
     return alpha, _nearest(single.trimap, height, width)
 
 
-def matte(engine: Engine, image: np.ndarray, method: Method, max_size: int) -> tuple[np.ndarray, np.ndarray]:
+def matte(engine: Engine, image: np.ndarray, method: Method, max_size: int,
+          small_image_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Alpha ((H, W) float32 in [0, 1]) and trimap ((H, W) uint8) of ``image`` by ``method``,
-    or by :func:`small_image` where the engine's variant treats small images apart."""
-    min_side = engine.small_image_side
-    if min_side is not None and min(image.shape[:2]) < min_side:
-        return small_image(engine, image, max_size, min_side)
+    or by :func:`small_image` when a side is under ``small_image_side``."""
+    if small_image_side is not None and min(image.shape[:2]) < small_image_side:
+        return small_image(engine, image, max_size, small_image_side)
     return STRATEGIES[method](engine, image, max_size)
 
 

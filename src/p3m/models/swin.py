@@ -53,7 +53,7 @@ class SwinStage(nn.Module):
         self.downsample = None if last else PatchMerging(dim, 2 * dim)
 
     def forward(self, tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        masks = {shift: attention_mask(*size, WINDOW, shift, tokens.device) for shift in (0, WINDOW // 2)}
+        masks = {shift: attention_mask(*size, WINDOW, shift, tokens.device, tokens.dtype) for shift in (0, WINDOW // 2)}
         for block in self.blocks:
             tokens = block(tokens, size, masks[block.shift])
         return tokens

@@ -59,18 +59,18 @@ def _attention_mask_cpu(height: int, width: int, window: int, shift: int) -> tor
     return torch.zeros(different.shape).masked_fill_(different, MASKED)
 
 
-def attention_mask(height: int, width: int, window: int, shift: int,
-                   device: torch.device | str = "cpu") -> torch.Tensor | None:
+def attention_mask(height: int, width: int, window: int, shift: int, device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
     """The additive attention mask of a (height, width) map, or None where no pair needs masking.
 
     The map is padded to multiples of ``window`` and rolled by ``-shift``; tokens attend
     only within their region (real, padding, or wrapped round by the roll).
 
     Returns:
-        (num_windows, window², window²) float32 of 0 and -100, windows in row-major order.
+        (num_windows, window², window²) of 0 and -100 in ``dtype``, windows in row-major order.
     """
     mask = _attention_mask_cpu(height, width, window, shift)
-    return None if mask is None else mask.to(device)
+    return None if mask is None else mask.to(device, dtype)
 
 
 def partition_windows(x: torch.Tensor, window: int) -> torch.Tensor:

@@ -167,6 +167,15 @@ def test_registry_entry():
     assert spec.weights is None and spec.small_image_side == 512 and not spec.exportable
 
 
+def test_matte_without_weights_says_none_are_published(fixtures_dir, tmp_path, capsys):
+    from p3m.cli import main
+
+    status = main(["matte", str(fixtures_dir / "ref_small.png"), "-o", str(tmp_path / "out"), "--model", "swin-t",
+                   "--device", "cpu", "--quiet"])
+    assert status != 0
+    assert "model 'swin-t' has no published weights; pass a file with --weights" in capsys.readouterr().err
+
+
 def test_save_writes_the_official_layout(swin_model, tmp_path, fixtures_dir, swin_checkpoint):
     path = save_weights(swin_model, tmp_path / "saved.pth", "swin-t")
     saved = read_checkpoint(path)["state_dict"]
@@ -317,3 +326,4 @@ def test_train_runs_a_few_steps(tmp_path, capsys):
     assert len(losses) == 2 and all(np.isfinite(losses))
     model = load_weights(create_model("swin-t"), run / "last.pth", "swin-t")
     assert isinstance(model.encoder.layers[0].blocks[0].attn.relative_position_bias_table, torch.nn.Parameter)
+

@@ -124,7 +124,7 @@ def official_constants(state: StateDict) -> StateDict:
         side = OFFICIAL_IMAGE_SIZE // 4 // 2 ** stage
         shift = 0 if block % 2 == 0 else WINDOW // 2
         prefix = f"encoder.layers.{stage}.blocks.{block}."
-        constants[prefix + "attn_mask"] = attention_mask(side, side, WINDOW, shift).clone()
+        constants[prefix + "attn_mask"] = attention_mask(side, side, WINDOW, shift)
         constants[prefix + "attn.relative_position_index"] = index.clone()
     return constants
 

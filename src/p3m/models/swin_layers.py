@@ -13,8 +13,6 @@ multiples of 7) this is exactly its computation; it also covers the maps of
 """
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -47,18 +45,6 @@ def _region_labels(length: int, window: int, shift: int) -> torch.Tensor:
     return labels
 
 
-@lru_cache(maxsize=64)
-def _attention_mask_cpu(height: int, width: int, window: int, shift: int) -> torch.Tensor | None:
-    if shift == 0 and height % window == 0 and width % window == 0:
-        return None
-    rows = _region_labels(height, window, shift)
-    cols = _region_labels(width, window, shift)
-    regions = (rows[:, None] * 3 + cols[None, :]).to(torch.float32)  # (H', W')
-    per_window = partition_windows(regions[None, :, :, None], window).flatten(1)  # (nW, window²)
-    different = per_window[:, None, :] != per_window[:, :, None]
-    return torch.zeros(different.shape).masked_fill_(different, MASKED)
-
-
 def attention_mask(height: int, width: int, window: int, shift: int, device: torch.device | str = "cpu",
                    dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
     """The additive attention mask of a (height, width) map, or None where no pair needs masking.
@@ -69,8 +55,14 @@ def attention_mask(height: int, width: int, window: int, shift: int, device: tor
     Returns:
         (num_windows, window², window²) of 0 and -100 in ``dtype``, windows in row-major order.
     """
-    mask = _attention_mask_cpu(height, width, window, shift)
-    return None if mask is None else mask.to(device, dtype)
+    if shift == 0 and height % window == 0 and width % window == 0:
+        return None
+    rows = _region_labels(height, window, shift).to(device)
+    cols = _region_labels(width, window, shift).to(device)
+    regions = rows[:, None] * 3 + cols[None, :]  # (H', W')
+    per_window = partition_windows(regions[None, :, :, None], window).flatten(1)  # (nW, window²)
+    different = per_window[:, None, :] != per_window[:, :, None]
+    return torch.zeros(different.shape, device=device, dtype=dtype).masked_fill_(different, MASKED)
 
 
 def partition_windows(x: torch.Tensor, window: int) -> torch.Tensor:

@@ -3,8 +3,9 @@
 
 usage: python scripts/bench_matte_outputs.py [--src DIR ...] [--sizes 12,48] [--method resize]
 
-Each measurement is one `python -m p3m matte` process (wall seconds and its
-peak RSS from wait4), with the ResNet-34 kit checkpoint built by
+Each measurement is one `python -m p3m matte` process: wall seconds, CPU
+seconds (user + system, all threads: steadier than wall time on a busy
+machine) and its peak RSS, from GNU time, with the ResNet-34 kit checkpoint built by
 tests/fixtures/make_checkpoint.py. First run: HOME and NUMBA_CACHE_DIR point at
 empty folders, the default outputs of a 533x800 test portrait are written; the
 second run repeats it with the caches as the first left them. Camera sizes: a
@@ -12,6 +13,13 @@ test portrait over a colour wave upscaled to each size with sensor-like noise
 (JPEG quality 95), `--output alpha` against the default outputs (alpha, rgba).
 Give --src several times (e.g. an older checkout's src/ and this one's) to
 compare them in one run.
+
+The kit checkpoint's weights are deterministic, not trained: its matte is soft
+(0 < alpha < 1) on nearly every pixel, the worst case for the cutout, whose
+colour work follows the soft band. ``--matte published`` keeps the same
+processes (the network still runs) but swaps each matte for the official
+model's published alpha of that portrait, resized to the photo: a trained
+model's matte, soft on 3-7% of the pixels.
 """
 from __future__ import annotations
 
@@ -27,7 +35,7 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_foreground import camera_photo  # noqa: E402
+from bench_foreground import NAMES, camera_photo  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -40,21 +48,43 @@ def build_checkpoint(path: Path) -> None:
     module.main(str(FIXTURES / "r34_manifest.json"), str(path))
 
 
-def run_matte(src: Path, env: dict[str, str], arguments: list[str]) -> tuple[float, float]:
-    """Seconds and peak RSS (GB) of one `p3m matte` process run from ``src``.
+PUBLISHED_ALPHA = FIXTURES / "official_alpha" / "resnet34"
+# Run in the child: `p3m matte` whose Matter.predict returns the published alpha of the
+# portrait behind every photo (after running the network, so its cost is counted).
+PUBLISHED_MATTE_MAIN = """
+import sys, cv2, numpy as np
+from PIL import Image
+from p3m.inference.matter import Matter
+from p3m.cli import main
+published = np.asarray(Image.open(sys.argv.pop(1)), np.float32) / 255
+network = Matter.predict
+def predict(self, source):
+    result = network(self, source)
+    height, width = result.alpha.shape
+    result.alpha[:] = np.clip(cv2.resize(published, (width, height), interpolation=cv2.INTER_LINEAR), 0, 1)
+    return result
+Matter.predict = predict
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def run_matte(src: Path, env: dict[str, str], arguments: list[str],
+              published: Path | None = None) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds and peak RSS (GB) of one `p3m matte` process run from ``src``.
 
     GNU time starts it, so the peak is the process's own (a child forked from this
     script would inherit this script's peak).
     """
+    program = ["-m", "p3m"] if published is None else ["-c", PUBLISHED_MATTE_MAIN, str(published)]
     started = time.perf_counter()
-    done = subprocess.run(["/usr/bin/time", "-f", "peak_kb %M", sys.executable, "-m", "p3m", "matte",
+    done = subprocess.run(["/usr/bin/time", "-f", "cpu %U %S peak_kb %M", sys.executable, *program, "matte",
                            *arguments, "--quiet"], env={**env, "PYTHONPATH": str(src)},
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - started
     if done.returncode:
         raise RuntimeError(f"p3m matte {' '.join(arguments)} failed: {done.stderr.strip()}")
-    peak_kb = int(done.stderr.strip().splitlines()[-1].split()[-1])
-    return seconds, peak_kb / 1024 ** 2
+    fields = done.stderr.strip().splitlines()[-1].split()
+    return seconds, float(fields[1]) + float(fields[2]), int(fields[4]) / 1024 ** 2
 
 
 def main() -> None:
@@ -62,6 +92,9 @@ def main() -> None:
     parser.add_argument("--src", action="append", type=Path, help="a src/ folder to run p3m from (repeatable)")
     parser.add_argument("--sizes", default="12,48", help="megapixels of the camera-size photos ('' for none)")
     parser.add_argument("--method", default="resize", help="the --method of every run (default resize)")
+    parser.add_argument("--matte", choices=("kit", "published"), default="kit",
+                        help="camera-size photos: the kit checkpoint's own matte (soft everywhere, the worst "
+                             "case) or the official model's published alpha of the portrait (a trained matte)")
     parser.add_argument("--skip-first-run", action="store_true",
                         help="only the camera-size photos, with the user's caches as they are")
     args = parser.parse_args()
@@ -79,9 +112,11 @@ def main() -> None:
             del photo
         small = FIXTURES / "portraits" / "p_015cd10e.jpg"
         common = ["--weights", str(checkpoint), "--method", args.method]
-        print(f"p3m matte --method {args.method}, kit ResNet-34 checkpoint; seconds and peak RSS per process")
-        print("| src | run | seconds | peak RSS |")
-        print("| --- | --- | --- | --- |")
+        published = PUBLISHED_ALPHA / f"{NAMES[0]}.png" if args.matte == "published" else None
+        print(f"p3m matte --method {args.method}, kit ResNet-34 checkpoint, {args.matte} matte; "
+              "wall and CPU seconds and peak RSS per process")
+        print("| src | run | wall s | CPU s | peak RSS |")
+        print("| --- | --- | --- | --- | --- |")
         for index, src in enumerate(sources):
             home = scratch / f"home{index}"
             env = dict(os.environ)
@@ -91,22 +126,27 @@ def main() -> None:
             runs = {}
             for label in () if args.skip_first_run else ("first run", "second run"):
                 runs[label] = run_matte(src, env, [str(small), "-o", str(scratch / f"{label}{index}"), *common])
-                print(f"| {src} | {label} (533x800, default outputs) | {runs[label][0]:.1f} | "
-                      f"{runs[label][1]:.2f} GB |", flush=True)
+                print(f"| {src} | {label} (533x800, default outputs) | {_figures(runs[label])} |", flush=True)
             if runs:
                 cached = sum(1 for path in (home / "numba").rglob("*") if path.is_file())
-                print(f"| {src} | first / second | {runs['first run'][0] / runs['second run'][0]:.2f}x | "
+                print(f"| {src} | first / second | {_ratios(runs['first run'], runs['second run'])} | "
                       f"{cached} numba cache files |", flush=True)
             for megapixels, photo in photos.items():
                 figures = {}
                 for label, outputs in (("alpha only", ["--output", "alpha"]), ("default outputs", [])):
                     out = scratch / f"out{index}_{megapixels:g}_{len(outputs)}"
-                    figures[label] = run_matte(src, env, [str(photo), "-o", str(out), *common, *outputs])
-                    print(f"| {src} | {megapixels:g} MP, {label} | {figures[label][0]:.1f} | "
-                          f"{figures[label][1]:.2f} GB |", flush=True)
-                ratio = figures["default outputs"][0] / figures["alpha only"][0]
-                print(f"| {src} | {megapixels:g} MP, default / alpha only | {ratio:.2f}x | |", flush=True)
+                    figures[label] = run_matte(src, env, [str(photo), "-o", str(out), *common, *outputs], published)
+                    print(f"| {src} | {megapixels:g} MP, {label} | {_figures(figures[label])} |", flush=True)
+                print(f"| {src} | {megapixels:g} MP, default / alpha only | "
+                      f"{_ratios(figures['default outputs'], figures['alpha only'])} | |", flush=True)
 
+
+def _figures(run: tuple[float, float, float]) -> str:
+    return f"{run[0]:.1f} | {run[1]:.1f} | {run[2]:.2f} GB"
+
+
+def _ratios(run: tuple[float, float, float], base: tuple[float, float, float]) -> str:
+    return f"{run[0] / base[0]:.2f}x | {run[1] / base[1]:.2f}x"
 
 if __name__ == "__main__":
     main()

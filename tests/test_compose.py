@@ -55,6 +55,20 @@ def test_only_the_soft_band_changes_and_strips_do_not_show(monkeypatch):
     np.testing.assert_array_equal(foreground_rgb8(image, alpha), estimate)
 
 
+@pytest.mark.parametrize("shape", [(240, 320), (1100, 1000)])
+def test_whole_strip_fusion_matches_the_per_pixel_path(monkeypatch, shape):
+    image, alpha, _ = _scene(*shape)
+    alpha = np.clip(alpha * 0.8 + 0.1, 0, 1)  # soft everywhere, as an unsure model's matte
+    monkeypatch.setattr(compose, "DENSE_BAND_SHARE", 2.0)  # never whole strips
+    per_pixel = foreground_rgb8(image, alpha)
+    monkeypatch.setattr(compose, "DENSE_BAND_SHARE", 0.0)  # always whole strips
+    whole = foreground_rgb8(image, alpha)
+    difference = np.abs(whole.astype(int) - per_pixel)
+    assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
+    exact = foreground_colour(image, alpha)
+    assert np.abs(whole / 255.0 - exact).max() <= 1.5 / 255
+
+
 def test_a_hard_matte_needs_no_estimation(monkeypatch):
     image, alpha, _ = _scene()
 

@@ -144,3 +144,21 @@ def test_single_branch_passes_equal_the_full_pass(r34_model):
     assert global_only.local_alpha is None and global_only.fused_alpha is None
     assert torch.equal(local_only.local_alpha, full.local_alpha)
     assert local_only.global_logits is None and local_only.side_logits is None
+
+
+def test_inference_stem_in_bands_equals_the_whole_map(r34_model, monkeypatch):
+    """Eval mode pools conv1's full-resolution map band by band; training mode pools it whole."""
+    from p3m.models import resnet
+
+    encoder = r34_model.encoder
+    x = torch.randn(1, 3, 160, 96)
+    with torch.inference_mode():
+        whole = resnet.F.relu(encoder.bn1(encoder.conv1(x.contiguous(memory_format=torch.channels_last))))
+        pooled, indices = resnet._pool(whole)
+        stem = resnet.F.max_pool2d(whole, kernel_size=2, stride=2)
+        for rows in (3, 16, 80):  # bands of one odd size, several, and one band for everything
+            monkeypatch.setattr(resnet, "STEM_BAND_ROWS", rows)
+            banded = encoder._pooled_stem_in_bands(x)
+            torch.testing.assert_close(banded[0], pooled, rtol=0, atol=1e-6)
+            assert torch.equal(banded[1], indices)
+            torch.testing.assert_close(banded[2], stem, rtol=0, atol=1e-6)

@@ -29,6 +29,9 @@ MATTE_SHORTER_SIDE = 1080
 # The blurs run on a copy of at most this many pixels; only the band is done at full size.
 BLUR_FUSION_PIXELS = 2 ** 20
 STRIP_ROWS = 256
+# A strip whose band covers more than this share of its pixels is fused whole (dense arrays
+# beat gathering most of the strip's pixels one by one).
+DENSE_BAND_SHARE = 0.25
 
 
 def alpha_to_uint(alpha: np.ndarray, depth: int = 8) -> np.ndarray:
@@ -105,15 +108,20 @@ def _blur_fusion_band(image: np.ndarray, alpha: np.ndarray, out: np.ndarray) -> 
     fg_blur, bg_blur = None, None
     for top in range(0, height, STRIP_ROWS):
         strip = alpha[top:top + STRIP_ROWS]
-        rows, cols = np.nonzero((strip > 0.0) & (strip < 1.0))
-        if not rows.size:
+        band = (strip > 0.0) & (strip < 1.0)
+        count = np.count_nonzero(band)
+        if not count:
             continue
         if fg_blur is None:
             fg_blur, bg_blur = _blurred_colours(image, alpha)
+        if count > DENSE_BAND_SHARE * band.size:
+            _fuse_strip(image, strip, band, top, fg_blur, bg_blur, out)
+            continue
+        y_scale, x_scale = fg_blur.shape[0] / height, fg_blur.shape[1] / width
+        rows, cols = np.nonzero(band)
         rows += top
         weight = alpha[rows, cols].astype(np.float32)[:, None]
         colour = image[rows, cols].astype(np.float32) / 255.0
-        y_scale, x_scale = fg_blur.shape[0] / height, fg_blur.shape[1] / width
         fg = _sample_bilinear(fg_blur, rows, cols, y_scale, x_scale)
         bg = _sample_bilinear(bg_blur, rows, cols, y_scale, x_scale)
         fused = np.clip(_fuse(colour, weight, fg, bg), 0.0, 1.0)
@@ -158,18 +166,56 @@ def _blurred_colours(image: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, 
     return fg_blur, bg_blur
 
 
+def _grid_coordinates(index: np.ndarray, scale: float, last: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lower and upper grid indices and the weight of the upper one, for full-size pixel centres."""
+    position = np.clip((index + 0.5) * scale - 0.5, 0, last).astype(np.float32)
+    lower = position.astype(np.intp)
+    return lower, np.minimum(lower + 1, last), position - lower
+
+
 def _sample_bilinear(grid: np.ndarray, rows: np.ndarray, cols: np.ndarray,
                      y_scale: float, x_scale: float) -> np.ndarray:
     """(N, C) bilinear samples of (h, w, C) ``grid`` at full-size pixel centres (rows, cols)."""
-    last_row, last_col = grid.shape[0] - 1, grid.shape[1] - 1
-    y = np.clip((rows + 0.5) * y_scale - 0.5, 0, last_row).astype(np.float32)
-    x = np.clip((cols + 0.5) * x_scale - 0.5, 0, last_col).astype(np.float32)
-    y0, x0 = y.astype(np.intp), x.astype(np.intp)
-    y1, x1 = np.minimum(y0 + 1, last_row), np.minimum(x0 + 1, last_col)
-    fy, fx = (y - y0)[:, None], (x - x0)[:, None]
+    y0, y1, fy = _grid_coordinates(rows, y_scale, grid.shape[0] - 1)
+    x0, x1, fx = _grid_coordinates(cols, x_scale, grid.shape[1] - 1)
+    fy, fx = fy[:, None], fx[:, None]
     upper = grid[y0, x0] * (1.0 - fx) + grid[y0, x1] * fx
     lower = grid[y1, x0] * (1.0 - fx) + grid[y1, x1] * fx
     return upper * (1.0 - fy) + lower * fy
+
+
+def _fuse_strip(image: np.ndarray, strip: np.ndarray, band: np.ndarray, top: int,
+                fg_blur: np.ndarray, bg_blur: np.ndarray, out: np.ndarray) -> None:
+    """Blur fusion on whole rows ``top:top + len(strip)`` (written where ``band``): the dense
+    form of the per-pixel path, for strips that are mostly band."""
+    rows = slice(top, top + strip.shape[0])
+    size = (image.shape[1], strip.shape[0])
+    weight = strip.astype(np.float32)[:, :, None]
+    fg = _upsample_rows(fg_blur, top, size, out.shape[0])
+    bg = _upsample_rows(bg_blur, top, size, out.shape[0])
+    colour = image[rows].astype(np.float32)
+    colour *= np.float32(1.0 / 255.0)
+    colour -= bg  # fused = fg + w * ((colour - bg) - w * (fg - bg))
+    fg_minus_bg = np.subtract(fg, bg, out=bg)
+    fg_minus_bg *= weight
+    colour -= fg_minus_bg
+    colour *= weight
+    colour += fg
+    np.clip(colour, 0.0, 1.0, out=colour)
+    if out.dtype == np.uint8:
+        colour *= 255
+        colour = np.rint(colour, out=colour).astype(np.uint8)
+    np.copyto(out[rows], colour, where=band[:, :, None])
+
+
+def _upsample_rows(grid: np.ndarray, top: int, size: tuple[int, int], height: int) -> np.ndarray:
+    """Rows ``top:top + size[1]`` of ``grid`` bilinearly resized to ``height`` x ``size[0]``
+    (pixel centres aligned, edges clamped): (size[1], size[0], C) float32."""
+    y_scale, x_scale = grid.shape[0] / height, grid.shape[1] / size[0]
+    inverse = np.float32([[x_scale, 0, 0.5 * x_scale - 0.5],
+                          [0, y_scale, (top + 0.5) * y_scale - 0.5]])
+    return cv2.warpAffine(grid, inverse, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
 
 
 def cutout(foreground: np.ndarray, alpha: np.ndarray) -> np.ndarray:

@@ -95,15 +95,22 @@ class DualDecoder(nn.Module):
         self.dbfi_1 = DBFI(widths[2], spec.deep_channels, 8)
         self.dbfi_0 = DBFI(widths[3], spec.deep_channels, 16)
 
-    def forward(self, features: EncoderFeatures, need_global: bool = True, need_local: bool = True) -> P3MOutput:
+    def forward(self, features: EncoderFeatures | list, need_global: bool = True,
+                need_local: bool = True) -> P3MOutput:
         """Decode ``features``; a branch that is not needed is not computed.
 
         The matting decoder always uses the semantic features, but without
         ``need_global`` the semantic head (``decoder0_g`` and beyond) and the
         side outputs are skipped; without ``need_local`` the whole matting
         decoder is. Skipped outputs (and ``fused_alpha`` unless both) are None.
+        ``features`` given as a list (as :class:`P3MNet` does) is emptied, and each
+        map is dropped as soon as it is used: at full resolution the last stages
+        then run without the encoder's larger maps held in memory.
         """
         stem, (skip1, skip2, skip3, skip4), deepest, (idx0, idx1, idx2, idx3, idx4) = features
+        if isinstance(features, list):
+            features.clear()
+        del features
 
         # Semantic decoder: 1/32 -> 1/1, bilinear upsampling.
         d4_g = upsample(self.decoder4_g(deepest), 2)
@@ -116,6 +123,7 @@ class DualDecoder(nn.Module):
         if need_global:
             d0_g, side0 = self.dbfi_0(d1_g, deepest)
             global_logits = upsample(self.decoder0_g(d0_g), 2)
+            del d0_g
             if self.spec.semantic_head:
                 global_logits = self.decoder_final_g(global_logits)
             sides = (side2, side1, side0)
@@ -124,14 +132,20 @@ class DualDecoder(nn.Module):
         if need_local:
             # Matting decoder: 1/32 -> 1/1, max-unpooling with the encoder's indices.
             d4_l = unpool(self.decoder4_l(deepest), idx4)
+            del deepest, idx4
             d3_l = self.decoder3_l(self.tfi_3(d4_g, d4_l, skip4))
+            del d4_g, d4_l, skip4
             d3_l = unpool(d3_l, idx3)
             d2_l = self.sbfi_2(self.tfi_2(d3_g, d3_l, skip3), stem)
+            del d3_g, d3_l, skip3, idx3
             d2_l = unpool(self.decoder2_l(d2_l), idx2)
             d1_l = self.sbfi_1(self.tfi_1(d2_g, d2_l, skip2), stem)
+            del d2_g, d2_l, skip2, idx2
             d1_l = unpool(self.decoder1_l(d1_l), idx1)
             d0_l = self.sbfi_0(self.tfi_0(d1_g, d1_l, skip1), stem)
+            del d1_g, d1_l, skip1, idx1, stem
             d0_l = unpool(self.decoder0_l(d0_l), idx0)
+            del idx0
             local_alpha = torch.sigmoid(self.decoder_final_l(d0_l))
 
         fused = fuse(global_logits, local_alpha) if need_global and need_local else None

@@ -28,4 +28,5 @@ class P3MNet(nn.Module):
         height, width = image.shape[-2:]
         if height % 32 or width % 32:
             raise ValueError(f"P3M-Net needs sides that are multiples of 32, got {height}x{width}")
-        return self.decoder(self.encoder(image), need_global=need_global, need_local=need_local)
+        features = list(self.encoder(image))  # a list the decoder empties as it goes
+        return self.decoder(features, need_global=need_global, need_local=need_local)

@@ -34,6 +34,10 @@ class BasicBlock(nn.Module):
         return F.relu_(self.bn2(self.conv2(out)).add_(identity))
 
 
+# Pooled rows per band of the stem at inference (a band holds 2x as many full-resolution rows).
+STEM_BAND_ROWS = 64
+
+
 def _pool(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return F.max_pool2d(x, kernel_size=3, stride=2, padding=1, return_indices=True)
 
@@ -61,10 +65,14 @@ class ResNet34MaxPoolEncoder(nn.Module):
         self.fc = nn.Linear(512, 1000).requires_grad_(False)
 
     def forward(self, image: torch.Tensor) -> EncoderFeatures:
-        e0 = F.relu_(self.bn1(self.conv1(image.contiguous(memory_format=torch.channels_last))))
-        e0p, idx0 = _pool(e0)
-        stem = F.max_pool2d(e0, kernel_size=2, stride=2)
-        del e0
+        image = image.contiguous(memory_format=torch.channels_last)
+        if self.training:
+            e0 = F.relu_(self.bn1(self.conv1(image)))
+            e0p, idx0 = _pool(e0)
+            stem = F.max_pool2d(e0, kernel_size=2, stride=2)
+            del e0
+        else:
+            e0p, idx0, stem = self._pooled_stem_in_bands(image)
         e1p, idx1 = _pool(e0p)
         e1 = self.layer1(e1p)
         e2p, idx2 = _pool(e1)
@@ -75,6 +83,32 @@ class ResNet34MaxPoolEncoder(nn.Module):
         e4 = self.layer4(e4p)
         return EncoderFeatures(stem, (e0p, e1, e2, e3), e4, (idx0, idx1, idx2, idx3, idx4))
 
+
+    def _pooled_stem_in_bands(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """conv1-bn1-ReLU and both of its pools, computed in bands of rows (eval mode).
+
+        Same values and indices as pooling the whole full-resolution map, which is
+        never held at once (64 channels at full resolution: 430 MB at 1056x1600).
+        Returns e0p and idx0 (the 3x3/2 pool and its indices) and the 2x2/2 stem,
+        each (N, 64, H/2, W/2).
+        """
+        n, _, height, width = image.shape
+        shape = (n, self.conv1.out_channels, height // 2, width // 2)
+        pooled = image.new_empty(shape).contiguous(memory_format=torch.channels_last)
+        stem = torch.empty_like(pooled)
+        indices = torch.empty(shape, dtype=torch.int64).contiguous(memory_format=torch.channels_last)
+        padded = F.pad(image, (0, 0, 3, 3))  # conv1's zero rows; columns are padded by the convolution
+        for top in range(0, shape[2], STEM_BAND_ROWS):
+            bottom = min(top + STEM_BAND_ROWS, shape[2])
+            first = max(0, 2 * top - 1)  # full-resolution rows [first, 2 * bottom) feed pooled rows [top, bottom)
+            band = F.conv2d(padded[:, :, first:2 * bottom + 6], self.conv1.weight, self.conv1.bias, padding=(0, 3))
+            band = F.relu_(self.bn1(band))
+            pooled_band, index_band = F.max_pool2d(band, kernel_size=3, stride=2, padding=(int(top == 0), 1),
+                                                   return_indices=True)
+            pooled[:, :, top:bottom] = pooled_band
+            indices[:, :, top:bottom] = index_band.add_(first * width)
+            stem[:, :, top:bottom] = F.max_pool2d(band[:, :, 2 * top - first:], kernel_size=2, stride=2)
+        return pooled, indices, stem
 
 RESNET34_DECODER = DecoderSpec(
     semantic=((512, 512, 512, 256), (256, 256, 256, 128), (128, 128, 128, 64), (64, 64, 64, 64), (64, 64, 64, 3)),

@@ -17,19 +17,24 @@ DEFAULT_THRESHOLD = 0.5
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "anonymize", help="blur, pixelate or fill the faces in images, and verify none is left",
+        "anonymize", help="blur, pixelate or fill the faces in images and videos, and verify none is left",
         description="Detect faces in every frame as a viewer sees it, obfuscate them, and detect again on the "
-                    "result: an image in which a face is still found is reported as not anonymized, is not "
+                    "result: a file in which a face is still found is reported as not anonymized, is not "
                     "written (an earlier output of it is removed), and makes the command exit with status 1. "
-                    "Outputs keep the input's format (JPEG at quality 95) and frames, in sRGB, without metadata.")
+                    "Images keep their format (JPEG at quality 95) and frames, in sRGB, without metadata. "
+                    "Videos become H.264 MP4s with the source's timestamps and audio and no metadata; faces are "
+                    "tracked across frames, so a face the detector misses for a few frames stays hidden, and "
+                    "every frame of the written video is checked.")
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="image files, folders (searched recursively) or glob patterns")
+                        help="image and video files, folders (searched recursively) or glob patterns")
     parser.add_argument("-o", "--out-dir", dest="output", required=True, metavar="OUT",
                         help="output folder; the inputs' relative paths are mirrored under it")
     parser.add_argument("--method", choices=METHODS, default="blur",
                         help="blur: the P3M-10k look (default); mosaic: large blocks; fill: flat gray")
     parser.add_argument("--masks", metavar="DIR",
-                        help="also write a face mask per image here (PNG, 255 on faces, 0 elsewhere)")
+                        help="also write a face mask per image here (PNG, 255 on faces, 0 elsewhere; not for videos)")
+    parser.add_argument("--strip-audio", action="store_true",
+                        help="videos: drop the audio (by default it is kept: copied, or re-encoded to AAC)")
     parser.add_argument("--report", metavar="FILE", help="write a JSON report with one entry per input")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, metavar="T",
                         help=f"face detection score threshold in (0, 1) (default {DEFAULT_THRESHOLD}); "
@@ -53,6 +58,7 @@ def _plan(args) -> tuple[list, list, list, list]:
     None where the image has no matte; it is empty otherwise.
     """
     from p3m.inputs import check_output_folder, collect_inputs, output_paths
+    from p3m.io.video import is_video_file
 
     out = Path(args.output)
     try:
@@ -76,8 +82,9 @@ def _plan(args) -> tuple[list, list, list, list]:
             return (pairs, output_paths(pairs, out / "blurred_image"),
                     output_paths(pairs, out / "facemask", ".png"), mattes)
         pairs = collect_inputs(args.inputs)
-        outputs = output_paths(pairs, out)
+        outputs = _outputs(pairs, out)
         masks = output_paths(pairs, args.masks, ".png") if args.masks else [None] * len(pairs)
+        masks = [None if is_video_file(source) else mask for (source, _), mask in zip(pairs, masks)]
         targets = {os.path.realpath(path) for path in outputs}
         clash = next((mask for mask in masks if mask is not None and os.path.realpath(mask) in targets), None)
         if clash is not None:
@@ -86,6 +93,23 @@ def _plan(args) -> tuple[list, list, list, list]:
         return pairs, outputs, masks, []
     except (FileNotFoundError, ValueError) as error:
         raise CommandError(str(error)) from None
+
+
+def _outputs(pairs: list, out: Path) -> list[Path]:
+    """Each input's output under ``out``: images keep their name, videos become ``.mp4``
+    (an image's name never ends in a video suffix, so the two never collide).
+
+    Raises:
+        ValueError: two inputs would share an output, or an output would replace an input.
+    """
+    from p3m.inputs import output_paths
+    from p3m.io.video import is_video_file
+    from p3m.privacy.video import VIDEO_SUFFIX
+
+    videos = [is_video_file(source) for source, _ in pairs]
+    images = iter(output_paths([pair for pair, video in zip(pairs, videos) if not video], out))
+    clips = iter(output_paths([pair for pair, video in zip(pairs, videos) if video], out, VIDEO_SUFFIX))
+    return [next(clips) if video else next(images) for video in videos]
 
 
 def _check_report(args, pairs, outputs, masks, mattes) -> None:
@@ -134,6 +158,8 @@ def run(args: argparse.Namespace) -> int:
 
     from p3m import privacy
     from p3m.executors import ExecutorError, create_executor
+    from p3m.io.video import is_video_file
+    from p3m.privacy.video import MediaAnonymizeSetup, summarize_media
 
     try:
         executor = create_executor(args.executor, args.ray_address, args.workers)
@@ -141,12 +167,17 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(str(error)) from None
     reports = []
     refused = _guard_folders(outputs, Path(args.output), Path(args.masks) if args.masks else None, masks)
+    if args.dataset:
+        refused.update({output: f"{source}: a video cannot go into a --dataset tree (P3M-10k holds images); "
+                                "anonymize videos without --dataset"
+                        for (source, _), output in zip(pairs, outputs) if is_video_file(source)})
     jobs = [(source, output, mask, refused.get(output) or refused.get(mask), matte, Path(args.output))
             for (source, _), output, mask, matte in zip(pairs, outputs, masks, mattes or [None] * len(pairs))]
     interrupted = False
     try:
         with executor:
-            setup = privacy.AnonymizeSetup(args.method, args.threshold, args.verify_threshold)
+            setup = MediaAnonymizeSetup(args.method, args.threshold, args.verify_threshold, args.strip_audio,
+                                        frame_progress=not args.quiet and args.executor == "local")
             for report in executor.map(setup, jobs, progress=not args.quiet and len(jobs) > 1):
                 if not report.ok:
                     tqdm.write(f"error: {report.error}", file=sys.stderr)
@@ -165,9 +196,9 @@ def run(args: argparse.Namespace) -> int:
         except OSError as error:
             raise CommandError(f"{args.report}: cannot write report ({error.strerror or error})") from None
 
-    summary = privacy.summarize(reports)
+    summary = summarize_media(reports)
     if interrupted:
-        print(f"p3m anonymize: interrupted after {len(reports)} of {len(jobs)} images: {summary} -> {args.output}",
+        print(f"p3m anonymize: interrupted after {len(reports)} of {len(jobs)} files: {summary} -> {args.output}",
               file=sys.stderr)
         return 130
     if mattes:

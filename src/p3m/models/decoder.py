@@ -107,10 +107,11 @@ class DualDecoder(nn.Module):
         map is dropped as soon as it is used: at full resolution the last stages
         then run without the encoder's larger maps held in memory.
         """
-        stem, (skip1, skip2, skip3, skip4), deepest, (idx0, idx1, idx2, idx3, idx4) = features
+        stem, skips, deepest, indices = features
         if isinstance(features, list):
             features.clear()
         del features
+        skips, indices = list(skips), list(indices)  # popped deepest first as the matting decoder goes up
 
         # Semantic decoder: 1/32 -> 1/1, bilinear upsampling.
         d4_g = upsample(self.decoder4_g(deepest), 2)
@@ -127,26 +128,24 @@ class DualDecoder(nn.Module):
             if self.spec.semantic_head:
                 global_logits = self.decoder_final_g(global_logits)
             sides = (side2, side1, side0)
+        semantic = [d1_g, d2_g, d3_g, d4_g]  # popped deepest first, like skips and indices
+        del d1_g, d2_g, d3_g, d4_g
 
         local_alpha = None
         if need_local:
-            # Matting decoder: 1/32 -> 1/1, max-unpooling with the encoder's indices.
-            d4_l = unpool(self.decoder4_l(deepest), idx4)
-            del deepest, idx4
-            d3_l = self.decoder3_l(self.tfi_3(d4_g, d4_l, skip4))
-            del d4_g, d4_l, skip4
-            d3_l = unpool(d3_l, idx3)
-            d2_l = self.sbfi_2(self.tfi_2(d3_g, d3_l, skip3), stem)
-            del d3_g, d3_l, skip3, idx3
-            d2_l = unpool(self.decoder2_l(d2_l), idx2)
-            d1_l = self.sbfi_1(self.tfi_1(d2_g, d2_l, skip2), stem)
-            del d2_g, d2_l, skip2, idx2
-            d1_l = unpool(self.decoder1_l(d1_l), idx1)
-            d0_l = self.sbfi_0(self.tfi_0(d1_g, d1_l, skip1), stem)
-            del d1_g, d1_l, skip1, idx1, stem
-            d0_l = unpool(self.decoder0_l(d0_l), idx0)
-            del idx0
-            local_alpha = torch.sigmoid(self.decoder_final_l(d0_l))
+            # Matting decoder: 1/32 -> 1/1, max-unpooling with the encoder's indices;
+            # TFI at every level, sBFI at levels 2, 1 and 0.
+            matting = unpool(self.decoder4_l(deepest), indices.pop())
+            del deepest
+            for level in (3, 2, 1, 0):
+                merged = getattr(self, f"tfi_{level}")(semantic.pop(), matting, skips.pop())
+                del matting
+                if level < 3:
+                    merged = getattr(self, f"sbfi_{level}")(merged, stem)
+                matting = unpool(getattr(self, f"decoder{level}_l")(merged), indices.pop())
+                del merged
+            del stem
+            local_alpha = torch.sigmoid(self.decoder_final_l(matting))
 
         fused = fuse(global_logits, local_alpha) if need_global and need_local else None
         return P3MOutput(global_logits, local_alpha, fused, sides)

@@ -1,8 +1,8 @@
 """Validation during training: the model as ``p3m matte --weights`` would run it, scored on P3M-500-P/NP.
 
 The weights of the step are written to a temporary file in the run folder and
-loaded by :class:`p3m.Matter` (``shorter_side_limit=None``,
-``small_image_pass=False``, as the official evaluation), so the scores are those of the checkpoint a user would ship.
+loaded by :class:`p3m.Matter` (``shorter_side_limit=None``, ``small_image_pass=False``,
+as the official evaluation), so the scores are those of the checkpoint a user would ship.
 """
 from __future__ import annotations
 

@@ -238,9 +238,23 @@ def remove_outputs(outputs: OutputFolder, *paths: Optional[os.PathLike]) -> None
                 pass
 
 
-def _output_folder(path: Path, source: Path) -> OutputFolder:
-    """The guards of a single call: ``path``'s folder, ``source`` protected."""
-    return OutputFolder(path.parent, [source], clean=False)
+def output_folder(outputs: Optional[OutputFolder], path: Path, source: Path,
+                  report: FileReport) -> Optional[OutputFolder]:
+    """``outputs``, or by default the guards of a single call (``path``'s folder, ``source``
+    protected); None, with the error in ``report``, when that folder cannot be one."""
+    if outputs is not None:
+        return outputs
+    try:
+        return OutputFolder(path.parent, [source], clean=False)
+    except UnsafeOutputError as error:
+        report.error = f"{path}: cannot write ({error})"
+        return None
+
+
+def job_failure(source: os.PathLike, error: Exception) -> str:
+    """The one-line error of a batch job that raised: the file, the error's type and first line."""
+    lines = str(error).strip().splitlines()
+    return f"{source}: {type(error).__name__}: {lines[0] if lines else ''}"
 
 
 def anonymize_file(source: os.PathLike, output: os.PathLike, mask_output: Optional[os.PathLike] = None,
@@ -274,12 +288,9 @@ def anonymize_file(source: os.PathLike, output: os.PathLike, mask_output: Option
     mask_output = Path(mask_output) if mask_output is not None else None
     check = default_verify_threshold(threshold) if verify_threshold is None else verify_threshold
     report = FileReport(source, None, ERROR, threshold=threshold, verify_threshold=check)
-    try:
-        outputs = _output_folder(output, source) if outputs is None else outputs
-        if mask_output is not None and masks is None:
-            masks = _output_folder(mask_output, source)
-    except UnsafeOutputError as error:
-        report.error = f"{output}: cannot write ({error})"
+    outputs = output_folder(outputs, output, source, report)
+    masks = output_folder(masks, mask_output, source, report) if mask_output is not None else None
+    if report.error is not None:
         return report
     try:
         loaded = _read_source(source)
@@ -379,9 +390,7 @@ def anonymize_job(job: tuple, method: str, threshold: float, detector: FaceDetec
             write_dataset_matte(report, *matte, (output, mask_output), detector, outputs)
         return report
     except Exception as error:  # noqa: BLE001 - one file's failure must not end the batch
-        lines = str(error).strip().splitlines()
-        return FileReport(Path(source), None, ERROR,
-                          error=f"{source}: {type(error).__name__}: {lines[0] if lines else ''}")
+        return FileReport(Path(source), None, ERROR, error=job_failure(source, error))
 
 
 def write_dataset_matte(report: FileReport, source: Path, target: Path, image_outputs: tuple,

@@ -31,11 +31,11 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from p3m.io import OutputFolder, UnsafeOutputError
+from p3m.io import OutputFolder
 from p3m.io.video import VideoReadError, VideoReader, VideoWriter, is_video_file
 from p3m.privacy.detector import DEFAULT_THRESHOLD, DetectorError, Face, FaceDetector, default_detector, detect_faces
 from p3m.privacy.files import (ANONYMIZED, ERROR, NO_FACES, NOT_ANONYMIZED, STATUSES, AnonymizeSetup, FileReport,
-                               anonymize_job, remove_outputs, summarize)
+                               anonymize_job, job_failure, output_folder, remove_outputs, summarize)
 from p3m.privacy.obfuscate import obfuscate
 from p3m.privacy.pipeline import OBFUSCATION_ROUNDS, default_verify_threshold
 
@@ -270,10 +270,8 @@ def anonymize_video(source: os.PathLike, output: os.PathLike, method: str = "blu
     source, output = Path(source), Path(output)
     check = default_verify_threshold(threshold) if verify_threshold is None else verify_threshold
     report = VideoReport(source, None, ERROR, threshold=threshold, verify_threshold=check)
-    try:
-        outputs = OutputFolder(output.parent, [source], clean=False) if outputs is None else outputs
-    except UnsafeOutputError as error:
-        report.error = f"{output}: cannot write ({error})"
+    outputs = output_folder(outputs, output, source, report)
+    if outputs is None:
         return report
     try:
         detections, info = _detect_all(source, threshold, detector, progress)
@@ -333,9 +331,7 @@ def anonymize_video_job(job: tuple, method: str, threshold: float, detector: Fac
         return anonymize_video(source, output, method, threshold, detector, verify_threshold, strip_audio,
                                progress=progress, outputs=outputs)
     except Exception as error:  # noqa: BLE001 - one file's failure must not end the batch
-        lines = str(error).strip().splitlines()
-        return VideoReport(Path(source), None, ERROR,
-                           error=f"{source}: {type(error).__name__}: {lines[0] if lines else ''}")
+        return VideoReport(Path(source), None, ERROR, error=job_failure(source, error))
 
 
 @dataclass(frozen=True)

@@ -162,3 +162,22 @@ def test_inference_stem_in_bands_equals_the_whole_map(r34_model, monkeypatch):
             torch.testing.assert_close(banded[0], pooled, rtol=0, atol=1e-6)
             assert torch.equal(banded[1], indices)
             torch.testing.assert_close(banded[2], stem, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("band_rows", [1, 3, 16, 500])
+def test_last_unpooling_in_bands_equals_the_whole_map(band_rows):
+    """At inference the last unpooling and convolution run in bands of rows; ties between pooling
+    windows (several windows choosing one pixel: constant regions) must resolve as in the whole map."""
+    from p3m.models.decoder import unpool, unpool_conv_in_bands
+
+    torch.manual_seed(0)
+    full = torch.randn(2, 8, 38, 22)
+    full[:, :, 10:20] = 0.5  # a constant block: overlapping windows pick the same pixels
+    full = full.contiguous(memory_format=torch.channels_last)
+    pooled, indices = torch.nn.functional.max_pool2d(full, kernel_size=3, stride=2, padding=1, return_indices=True)
+    conv = torch.nn.Conv2d(8, 3, 3, padding=1).to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        whole = conv(unpool(pooled, indices))
+        banded = unpool_conv_in_bands(pooled, indices, conv, band_rows)
+    assert banded.shape == whole.shape == (2, 3, 38, 22)
+    torch.testing.assert_close(banded, whole, rtol=0, atol=1e-5)

@@ -10,10 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from p3m.models.features import EncoderFeatures, P3MOutput
 from p3m.models.layers import DBFI, SBFI, TFI, conv_stack, upsample
+
+
+# Output rows per band of the last (full-resolution) unpooling and convolution at inference.
+UNPOOL_BAND_ROWS = 128
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,34 @@ def unpool(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     out = x.new_zeros((n, 4 * h * w, c))
     out.scatter_(1, indices.permute(0, 2, 3, 1).reshape(n, h * w, c), x.permute(0, 2, 3, 1).reshape(n, h * w, c))
     return out.view(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
+
+
+def unpool_conv_in_bands(x: torch.Tensor, indices: torch.Tensor, conv: nn.Conv2d,
+                         band_rows: int | None = None) -> torch.Tensor:
+    """``conv(unpool(x, indices))`` for a 3x3 convolution with padding 1, computed in bands
+    of output rows: (N, C, h, w) -> (N, conv.out_channels, 2h, 2w).
+
+    Each band scatters only the values whose index lands in its rows (and the
+    convolution's one-row halo), in the order :func:`unpool` scatters them, so the
+    later window still wins; the unpooled map is never held whole. Channels-last ``x``.
+    """
+    n, c, h, w = x.shape
+    height, width = 2 * h, 2 * w
+    band_rows = band_rows or UNPOOL_BAND_ROWS
+    out = x.new_empty((n, conv.out_channels, height, width)).contiguous(memory_format=torch.channels_last)
+    for top in range(0, height, band_rows):
+        bottom = min(top + band_rows, height)
+        first, last = max(0, (top - 1) // 2 - 1), min(h, bottom // 2 + 2)  # pooled rows that reach the band
+        rows = bottom - top + 2  # unpooled rows top - 1 .. bottom; rows outside the image stay zero
+        values = x[:, :, first:last].permute(0, 2, 3, 1).reshape(n, -1, c)
+        target = indices[:, :, first:last].permute(0, 2, 3, 1).reshape(n, -1, c) - (top - 1) * width
+        outside = (target < 0) | (target >= rows * width)
+        target.masked_fill_(outside, rows * width)  # one spare row takes what falls outside the band
+        band = x.new_zeros((n, (rows + 1) * width, c))
+        band.scatter_(1, target, values)
+        band = band.view(n, rows + 1, width, c).permute(0, 3, 1, 2)[:, :, :rows]
+        out[:, :, top:bottom] = F.conv2d(band, conv.weight, conv.bias, padding=(0, 1))
+    return out
 
 
 def fuse(global_logits: torch.Tensor, local_alpha: torch.Tensor) -> torch.Tensor:
@@ -94,6 +127,13 @@ class DualDecoder(nn.Module):
         self.dbfi_2 = DBFI(widths[1], spec.deep_channels, 4)
         self.dbfi_1 = DBFI(widths[2], spec.deep_channels, 8)
         self.dbfi_0 = DBFI(widths[3], spec.deep_channels, 16)
+
+    def _final_alpha_logits(self, matting: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """The last unpooling and ``decoder_final_l``; at inference in bands, so that the
+        full-resolution 64-channel map is never held whole."""
+        if self.training or torch.onnx.is_in_onnx_export():
+            return self.decoder_final_l(unpool(matting, indices))
+        return unpool_conv_in_bands(matting, indices, self.decoder_final_l)
 
     def forward(self, features: EncoderFeatures | list, need_global: bool = True,
                 need_local: bool = True) -> P3MOutput:
@@ -142,10 +182,12 @@ class DualDecoder(nn.Module):
                 del matting
                 if level < 3:
                     merged = getattr(self, f"sbfi_{level}")(merged, stem)
-                matting = unpool(getattr(self, f"decoder{level}_l")(merged), indices.pop())
+                matting = getattr(self, f"decoder{level}_l")(merged)
                 del merged
+                if level:
+                    matting = unpool(matting, indices.pop())
             del stem
-            local_alpha = torch.sigmoid(self.decoder_final_l(matting))
+            local_alpha = torch.sigmoid(self._final_alpha_logits(matting, indices.pop()))
 
         fused = fuse(global_logits, local_alpha) if need_global and need_local else None
         return P3MOutput(global_logits, local_alpha, fused, sides)

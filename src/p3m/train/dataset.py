@@ -75,11 +75,10 @@ def find_train_files(root: str | os.PathLike) -> TrainFiles:
     Raises:
         DatasetError: the image or alpha folder is missing, or no image has an alpha.
     """
-    split = layout.get_split(layout.TRAIN)
-    folders = {role: split.folder(root, role) for role in (layout.IMAGE, layout.ALPHA, layout.FG, layout.BG)}
-    for role in (layout.IMAGE, layout.ALPHA):
-        if not folders[role].is_dir():
-            raise DatasetError(f"{folders[role]}: missing ({role} folder of the training split)")
+    try:
+        folders = layout.training_folders(root)
+    except NotADirectoryError as error:
+        raise DatasetError(str(error)) from None
     problems: list[str] = []
     indexes: dict[str, dict[str, Path]] = {}
     for role, folder in folders.items():
@@ -99,7 +98,7 @@ def find_train_files(root: str | os.PathLike) -> TrainFiles:
     problems.extend(f"{alpha}: no image in {folders[layout.IMAGE]}, left out"
                     for stem, alpha in alphas.items() if stem not in images)
     if not samples:
-        raise DatasetError(f"{split.root(root)}: no image with an alpha matte "
+        raise DatasetError(f"{layout.get_split(layout.TRAIN).root(root)}: no image with an alpha matte "
                            f"(looked in {folders[layout.IMAGE]} and {folders[layout.ALPHA]})")
     fgbg_count = sum(1 for sample in samples if sample.fg is not None and sample.bg is not None)
     return TrainFiles(samples, fgbg_count == len(samples), fgbg_count, problems)

@@ -237,10 +237,10 @@ def test_evaluate_dataset_reports_bad_predictions_and_input_folders(synth_test_r
 def test_evaluate_dataset_end_to_end(synth_test_root, r34_checkpoint, tmp_path, capsys):
     """`p3m evaluate --dataset` with the deterministic official-format ResNet-34 checkpoint."""
     before = sorted(p.relative_to(synth_test_root) for p in synth_test_root.rglob("*"))
-    saved, out_json = tmp_path / "pred", tmp_path / "scores.json"
+    saved, out_json, page = tmp_path / "pred", tmp_path / "scores.json", tmp_path / "report.html"
     assert main(["evaluate", "--dataset", str(synth_test_root), "--split", "P3M-500-P", "--weights",
                  str(r34_checkpoint), "--method", "resize", "--device", "cpu", "--save-pred", str(saved),
-                 "--json", str(out_json)]) == 0
+                 "--json", str(out_json), "--report", str(page)]) == 0
     report = json.loads(out_json.read_text())
     assert report["count"] == 2 and report["errors"] == []
     assert set(report["mean"]) == set(metrics.metric_keys(trimap=True, face_mask=True))
@@ -255,6 +255,15 @@ def test_evaluate_dataset_end_to_end(synth_test_root, r34_checkpoint, tmp_path, 
         assert all(value is not None and math.isfinite(value) and value >= 0 for value in scores.values())
     assert sorted(p.relative_to(synth_test_root) for p in synth_test_root.rglob("*")) == before
     assert "2 image(s) scored" in capsys.readouterr().out
+
+    # The HTML report predicts its worst images again: the error maps show the alpha that was scored.
+    from test_reports import Page
+
+    shown = Page(page.read_text())
+    worst = sorted(report["images"], key=lambda name: report["images"][name]["SAD"], reverse=True)
+    assert len(shown.figures("image")) == len(shown.figures("ground truth")) == 2
+    for name, prediction in zip(worst, shown.figures("prediction")):
+        np.testing.assert_allclose(prediction[:, :, 0], read_mask(saved / name), atol=1)
 
 
 # --- dataset form: problems before and during the run ------------------------------------------

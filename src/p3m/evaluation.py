@@ -50,6 +50,7 @@ class EvaluationReport:
     undefined: (file name, metric, reason) for every NaN value.
     errors: one line per sample that could not be scored, naming the file.
     skipped: metrics left out on purpose (``--fast``).
+    files: ground-truth file name -> the files of that scored sample.
     """
 
     keys: tuple[str, ...]
@@ -58,6 +59,7 @@ class EvaluationReport:
     errors: list[str] = field(default_factory=list)
     skipped: tuple[str, ...] = ()
     interrupted: bool = False  # Ctrl-C: the scores cover the images done before it
+    files: dict[str, Sample] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -281,11 +283,12 @@ def _first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def _collect(outcomes: Iterable[Outcome], total: int, errors: list[str], keys: tuple[str, ...], fast: bool,
-             progress: bool, description: str) -> EvaluationReport:
+def _collect(outcomes: Iterable[Outcome], samples: list[Sample], errors: list[str], keys: tuple[str, ...],
+             fast: bool, progress: bool, description: str) -> EvaluationReport:
     from tqdm import tqdm
 
     report = EvaluationReport(keys=keys, errors=errors, skipped=metrics.SLOW_KEYS if fast else ())
+    total = len(samples)
     # disable=None: a progress bar only when writing to a terminal
     try:
         for name, scores, error in tqdm(outcomes, total=total, desc=description, unit="image",
@@ -296,6 +299,7 @@ def _collect(outcomes: Iterable[Outcome], total: int, errors: list[str], keys: t
                 report.add(name, scores)
     except KeyboardInterrupt:
         report.interrupted = True
+    report.files = {sample.name: sample for sample in samples if sample.name in report.images}
     return report
 
 
@@ -330,14 +334,14 @@ def evaluate_folders(
     keys = metrics.metric_keys(trimap_dir is not None, face_mask_dir is not None, fast)
     score = functools.partial(_score_files, fast=fast)
     if workers <= 1 or len(samples) <= 1:
-        return _collect(map(score, samples), len(samples), errors, keys, fast, progress, "evaluate")
+        return _collect(map(score, samples), samples, errors, keys, fast, progress, "evaluate")
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     # spawn: forking a process that already runs threads (torch, BLAS) can deadlock
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(workers, len(samples)), mp_context=context) as pool:
-        return _collect(pool.map(score, samples, chunksize=2), len(samples), errors, keys, fast, progress, "evaluate")
+        return _collect(pool.map(score, samples, chunksize=2), samples, errors, keys, fast, progress, "evaluate")
 
 
 def files_of(folders: Iterable[str | os.PathLike | None]) -> list[Path]:
@@ -411,4 +415,4 @@ def evaluate_dataset(
         return metrics.compute_metrics(alpha, gt, trimap, face, fast=fast)
 
     outcomes = (_guarded(score, sample) for sample in samples)
-    return _collect(outcomes, len(samples), errors, keys, fast, progress, split)
+    return _collect(outcomes, samples, errors, keys, fast, progress, split)

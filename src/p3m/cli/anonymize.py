@@ -35,7 +35,11 @@ def add_parser(subparsers) -> None:
                         help="also write a face mask per image here (PNG, 255 on faces, 0 elsewhere; not for videos)")
     parser.add_argument("--strip-audio", action="store_true",
                         help="videos: drop the audio (by default it is kept: copied, or re-encoded to AAC)")
-    parser.add_argument("--report", metavar="FILE", help="write a JSON report with one entry per input")
+    parser.add_argument("--report", metavar="FILE",
+                        help="write a report with one entry per input: JSON, or with FILE.html an audit page "
+                             "(thumbnails of the outputs, faces found, verification)")
+    parser.add_argument("--audit-originals", action="store_true",
+                        help="the HTML report also shows a thumbnail of each original (its faces included)")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, metavar="T",
                         help=f"face detection score threshold in (0, 1) (default {DEFAULT_THRESHOLD}); "
                              "lower finds more faces")
@@ -161,6 +165,9 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and not 0.0 < value < 1.0:
             raise CommandError(f"--{name.replace('_', '-')} must be between 0 and 1, got {value}")
+    html_report = bool(args.report) and os.path.splitext(args.report)[1].lower() in (".html", ".htm")
+    if args.audit_originals and not html_report:
+        raise CommandError("--audit-originals needs an HTML --report (FILE.html)")
     pairs, outputs, masks, mattes = _plan(args)
     protected = _report_guard(args, pairs, outputs, masks, mattes) if args.report else None
     out_folder, masks_folder = _output_folders(args, pairs, mattes)
@@ -204,9 +211,14 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         from p3m.io import write_text
 
-        entries = [report.to_dict() for report in reports]
+        if html_report:
+            from p3m.reports.anonymize import anonymize_page
+
+            text = anonymize_page(reports, f"{' '.join(args.inputs)} -> {args.output}", args.audit_originals)
+        else:
+            text = json.dumps([report.to_dict() for report in reports], indent=2) + "\n"
         try:
-            write_text(args.report, json.dumps(entries, indent=2) + "\n", inputs=protected)
+            write_text(args.report, text, inputs=protected)
         except OSError as error:
             raise CommandError(f"{args.report}: cannot write report ({error.strerror or error})") from None
         except ValueError as error:  # UnsafeOutputError

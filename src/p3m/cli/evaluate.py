@@ -46,6 +46,12 @@ def add_parser(subparsers) -> None:
     output.add_argument("--fast", action="store_true", help="skip Grad and Conn (the slow metrics)")
     output.add_argument("--json", metavar="FILE", help="write per-image scores and means as JSON")
     output.add_argument("--csv", metavar="FILE", help="write per-image scores and means as CSV")
+    output.add_argument("--report", metavar="FILE",
+                        help="FILE.html: a page with the metric table, each metric's distribution and the worst "
+                             "images with their error maps (thumbnails embedded); FILE.json / FILE.csv: as --json / "
+                             "--csv")
+    output.add_argument("--worst", type=int, default=8, metavar="N",
+                        help="images shown with their error maps in an HTML report, highest SAD first (default 8)")
     output.add_argument("--per-image", action="store_true", help="print every image's scores too")
     parser.set_defaults(handler=run)
 
@@ -72,8 +78,18 @@ def _check_form(args) -> None:
         raise CommandError("nothing to evaluate: give --pred DIR --gt DIR, or --dataset ROOT --split NAME")
 
 
+_REPORT_KINDS = {".html": "html", ".htm": "html", ".json": "json", ".csv": "csv"}
+
+
+def _report_kind(path: str) -> str:
+    kind = _REPORT_KINDS.get(os.path.splitext(path)[1].lower())
+    if kind is None:
+        raise CommandError(f"--report {path}: name a .html, .json or .csv file (the extension picks the format)")
+    return kind
+
+
 def _report_guard(args, evaluation):
-    """The inputs of the run, with --json/--csv refused up front when they would replace one of them."""
+    """The inputs of the run, with --json/--csv/--report refused up front when they would replace one of them."""
     from p3m.data import layout
     from p3m.io import RunInputs, UnsafeOutputError, check_destination
 
@@ -83,15 +99,18 @@ def _report_guard(args, evaluation):
     else:
         folders = [args.pred, args.gt, args.trimap, args.facemask]
     inputs = RunInputs(evaluation.files_of(folders))
-    if args.json and args.csv and os.path.realpath(args.json) == os.path.realpath(args.csv):
-        raise CommandError(f"--json and --csv name the same file {args.json}")
-    for option, path in (("--json", args.json), ("--csv", args.csv)):
-        if path:
-            try:
-                check_destination(path, inputs=inputs)
-            except UnsafeOutputError:
-                raise CommandError(f"{option} {path} is one of the files being evaluated; "
-                                   "choose another file for the scores") from None
+    named = [(option, path) for option, path in (("--json", args.json), ("--csv", args.csv), ("--report", args.report))
+             if path]
+    for index, (option, path) in enumerate(named):
+        for other, other_path in named[index + 1:]:
+            if os.path.realpath(path) == os.path.realpath(other_path):
+                raise CommandError(f"{option} and {other} name the same file {path}")
+    for option, path in named:
+        try:
+            check_destination(path, inputs=inputs)
+        except UnsafeOutputError:
+            raise CommandError(f"{option} {path} is one of the files being evaluated; "
+                               "choose another file for the scores") from None
     return inputs
 
 
@@ -99,13 +118,17 @@ def run(args) -> int:
     _check_form(args)
     if args.workers < 1:
         raise CommandError(f"--workers must be at least 1, got {args.workers}")
+    if args.worst < 0:
+        raise CommandError(f"--worst must be 0 or more, got {args.worst}")
+    report_kind = _report_kind(args.report) if args.report else None
     from p3m import evaluation
 
     inputs = _report_guard(args, evaluation)
 
+    predict = None
     try:
         if args.dataset is not None:
-            report = _evaluate_dataset(args, evaluation)
+            report, predict = _evaluate_dataset(args, evaluation)
         else:
             report = evaluation.evaluate_folders(args.pred, args.gt, args.trimap, args.facemask,
                                                  fast=args.fast, progress=True, workers=args.workers)
@@ -124,10 +147,12 @@ def run(args) -> int:
     if report.interrupted:
         summary += ", interrupted (the scores cover the images done before it)"
     print(summary)
-    for path, write in ((args.json, report.write_json), (args.csv, report.write_csv)):
+    writers = {"json": report.write_json, "csv": report.write_csv,
+               "html": lambda path, **guards: _write_page(path, args, report, predict, **guards)}
+    for path, kind in ((args.json, "json"), (args.csv, "csv"), (args.report, report_kind)):
         if path:
             try:
-                write(path, inputs=inputs)
+                writers[kind](path, inputs=inputs)
             except (OSError, ValueError) as error:
                 raise CommandError(f"{path}: cannot write ({getattr(error, 'strerror', None) or error})") from None
     if report.interrupted:
@@ -135,7 +160,19 @@ def run(args) -> int:
     return 0 if report.ok and report.images else 1
 
 
+def _write_page(path, args, report, predict, **guards):
+    from p3m.io import write_text
+    from p3m.reports.evaluation import evaluation_page
+
+    if args.dataset is not None:
+        title = f"{args.split} of {args.dataset}, {args.model or 'resnet34'} ({args.method or 'resize'})"
+    else:
+        title = f"{args.pred} against {args.gt}"
+    return write_text(path, evaluation_page(report, title, worst=args.worst, predict=predict), **guards)
+
+
 def _evaluate_dataset(args, evaluation):
+    """The split's report and the predictor that made it (image path -> alpha)."""
     import p3m
     from p3m.checkpoint import CheckpointError
     from p3m.weights import WeightsUnavailableError
@@ -152,5 +189,9 @@ def _evaluate_dataset(args, evaluation):
     except (WeightsUnavailableError, CheckpointError, KeyError) as error:
         raise CommandError(str(error).strip("'\"")) from None
     print(f"p3m evaluate: {args.split} with {matter!r}", file=sys.stderr)
-    return evaluation.evaluate_dataset(args.dataset, args.split, lambda path: matter.predict(path).alpha,
-                                       save_pred=args.save_pred, fast=args.fast, progress=True)
+
+    def predict(path):
+        return matter.predict(path).alpha
+
+    return evaluation.evaluate_dataset(args.dataset, args.split, predict, save_pred=args.save_pred, fast=args.fast,
+                                       progress=True), predict

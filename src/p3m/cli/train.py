@@ -13,7 +13,8 @@ _FLAGS = {
     "precision": "precision", "backbone_weights": "backbone_weights", "weights": "weights",
     "workers": "workers", "seed": "seed", "log_every": "log_every", "checkpoint_every": "checkpoint_every",
     "validate_every": "validate_every", "val_max_images": "val_max_images", "composition": "composition",
-    "deterministic": "deterministic",
+    "deterministic": "deterministic", "p3m_cp": "p3m_cp", "cp_faces": "cp_faces", "cp_prob_icp": "cp_prob_icp",
+    "cp_prob_fcp": "cp_prob_fcp",
 }
 
 
@@ -32,6 +33,7 @@ def add_parser(subparsers) -> None:
                "  p3m train --data demo --output runs/demo --backbone-weights none --deterministic --seed 3\n"
                "  p3m train --data my-blurred-set --output runs/ft --weights official --epochs 10 --lr 5e-6\n"
                "  p3m train --output runs/r34 --data P3M-10k --resume\n"
+               "  p3m train --data P3M-10k --output runs/cp --p3m-cp both --cp-faces celeb-faces/\n"
                "  torchrun --nproc_per_node 4 -m p3m train --data P3M-10k --output runs/r34 --batch-size 32",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -71,6 +73,17 @@ def add_parser(subparsers) -> None:
     data.add_argument("--validate-every", type=int, metavar="N",
                       help="steps between validations on P3M-500-P/NP (default 5000; 0 disables)")
     data.add_argument("--val-max-images", type=int, metavar="N", help="validate on the first N images of each split")
+    copy_paste = parser.add_argument_group("P3M-CP (copy public faces into the blurred face regions)")
+    copy_paste.add_argument("--p3m-cp", choices=("icp", "fcp", "both"),
+                            help="paste public faces where train/facemask marks the blurred face: icp (into the "
+                                 "image), fcp (into the encoder features) or both")
+    copy_paste.add_argument("--cp-faces", metavar="DIR",
+                            help="folder of public face images (DIR/facemask/ may hold their face masks; an image "
+                                 "without one is taken as a face crop)")
+    copy_paste.add_argument("--cp-prob-icp", type=float, metavar="P",
+                            help="probability of an image-level paste per sample with a face (default 0.5)")
+    copy_paste.add_argument("--cp-prob-fcp", type=float, metavar="P",
+                            help="probability of a feature-level paste per sample with a face (default 0.5)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any other setting, e.g. --set lr_schedule=cosine --set val_splits=[P3M-500-NP]")
     parser.set_defaults(handler=run)

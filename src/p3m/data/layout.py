@@ -89,20 +89,6 @@ def get_split(name: str) -> Split:
         raise ValueError(f"unknown split {name!r}; choose from {', '.join(SPLITS)}") from None
 
 
-def training_folders(root: str | os.PathLike) -> dict[str, Path]:
-    """The train split's image, alpha, fg and bg folders under ``root``, by role.
-
-    Raises:
-        NotADirectoryError: the image or alpha folder is missing (fg and bg are optional).
-    """
-    split = get_split(TRAIN)
-    folders = {role: split.folder(root, role) for role in (IMAGE, ALPHA, FG, BG)}
-    for role in (IMAGE, ALPHA):
-        if not folders[role].is_dir():
-            raise NotADirectoryError(f"{folders[role]}: missing ({role} folder of the training split)")
-    return folders
-
-
 @dataclass
 class FolderIndex:
     """The image files of one folder, by name stem.

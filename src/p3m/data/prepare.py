@@ -98,7 +98,11 @@ def prepare_fgbg(root: str | os.PathLike, workers: int = 1, overwrite: bool = Fa
     """
     from tqdm import tqdm
 
-    folders = layout.training_folders(root)
+    split = layout.get_split(layout.TRAIN)
+    folders = {role: split.folder(root, role) for role in (layout.IMAGE, layout.ALPHA, layout.FG, layout.BG)}
+    for role in (layout.IMAGE, layout.ALPHA):
+        if not folders[role].is_dir():
+            raise NotADirectoryError(f"{folders[role]}: missing ({role} folder of the training split)")
     index = {role: layout.index_folder(folder) if folder.is_dir() else None for role, folder in folders.items()}
     report = PrepareReport()
     for role, found in index.items():

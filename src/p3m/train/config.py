@@ -20,6 +20,7 @@ IMAGENET = "imagenet"
 RANDOM_INIT = "none"
 LR_SCHEDULES = ("constant", "cosine")
 VAL_SPLITS = ("P3M-500-P", "P3M-500-NP")
+CP_MODES = ("icp", "fcp", "both")
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "p3m10k_resnet34.yaml"
 
 
@@ -38,6 +39,11 @@ class TrainConfig:
     trimap_kernel: list[int] = field(default_factory=lambda: [15, 30])
     composition: str = "auto"
     workers: int = 4
+    # P3M-CP (IJCV 2023): public faces pasted into the face-blurred region, image and/or feature level
+    p3m_cp: str | None = None
+    cp_faces: str | None = None
+    cp_prob_icp: float = 0.5
+    cp_prob_fcp: float = 0.5
     # model and initialisation
     model: str = "resnet34"
     backbone_weights: str = IMAGENET
@@ -86,6 +92,11 @@ class TrainConfig:
              "trimap_kernel", "must be [low, high] with 1 <= low <= high")
         need(self.composition in ("auto", "on", "off"), "composition", "must be auto, on or off")
         need(self.workers >= 0, "workers", "must be >= 0")
+        need(self.p3m_cp is None or self.p3m_cp in CP_MODES, "p3m_cp", f"must be one of {', '.join(CP_MODES)} (or null)")
+        need(self.p3m_cp is None or bool(self.cp_faces), "cp_faces",
+             f"P3M-CP ({self.p3m_cp}) needs a folder of public face images (--cp-faces DIR)")
+        need(0 <= self.cp_prob_icp <= 1, "cp_prob_icp", "must be a probability in [0, 1]")
+        need(0 <= self.cp_prob_fcp <= 1, "cp_prob_fcp", "must be a probability in [0, 1]")
         need(self.epochs > 0, "epochs", "must be > 0")
         need(self.max_steps is None or self.max_steps >= 1, "max_steps", "must be >= 1 (or null for epochs)")
         need(self.batch_size >= 1, "batch_size", "must be >= 1")

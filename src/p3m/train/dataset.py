@@ -6,7 +6,9 @@ smallest of them when the drawn side does not fit, the shorter image side when
 even that does not), its top-left corner being a random transition pixel half
 of the time and any pixel otherwise (the crop always stays inside the image),
 the crop is flipped horizontally half of the time and resized bilinearly to
-``image_size`` -- the trimap too, as the official code does.
+``image_size`` -- the trimap too, as the official code does. With P3M-CP
+(:mod:`p3m.train.copy_paste`) the face mask follows the same crop, and public
+faces are pasted after it.
 
 Randomness comes only from the key passed to ``__getitem__``: ``(index, seed)``
 where ``seed`` is a tuple of integers (what :class:`TrainSampler` yields), so a
@@ -29,11 +31,14 @@ from torch.utils.data import Dataset, Sampler
 from p3m.data import layout
 from p3m.data.trimap import TRAIN_KERNEL_SIZES, UNKNOWN, trimap_from_alpha
 from p3m.io import ImageReadError, read_image, read_mask
+from p3m.train.copy_paste import FACE_THRESHOLD, CopyPaste, Face, paste_face_uint8, scale_box
 
 DEFAULT_CROP_SIZES = (512, 768, 1024)
 DEFAULT_IMAGE_SIZE = 512
 # Unreadable samples in a row replaced by the following ones before a key gives up.
 MAX_REPLACEMENTS = 16
+# Appended to a sample's key for P3M-CP's draws, so that they leave its augmentation as it was.
+_COPY_PASTE_STREAM = 1
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +49,14 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class TrainSample:
-    """Files of one training sample (fg/bg are ``None`` when absent)."""
+    """Files of one training sample (fg, bg and face_mask are ``None`` when absent)."""
 
     name: str
     image: Path
     alpha: Path
     fg: Path | None = None
     bg: Path | None = None
+    face_mask: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -61,12 +67,14 @@ class TrainFiles:
     has_fgbg: every sample has both a foreground and a background file.
     fgbg_count: how many samples have both.
     problems: one line per file left out (no partner, duplicate name).
+    face_mask_count: how many samples have a face mask (``train/facemask``).
     """
 
     samples: list[TrainSample]
     has_fgbg: bool
     fgbg_count: int
     problems: list[str]
+    face_mask_count: int = 0
 
 
 def find_train_files(root: str | os.PathLike) -> TrainFiles:
@@ -75,10 +83,12 @@ def find_train_files(root: str | os.PathLike) -> TrainFiles:
     Raises:
         DatasetError: the image or alpha folder is missing, or no image has an alpha.
     """
-    try:
-        folders = layout.training_folders(root)
-    except NotADirectoryError as error:
-        raise DatasetError(str(error)) from None
+    split = layout.get_split(layout.TRAIN)
+    folders = {role: split.folder(root, role)
+               for role in (layout.IMAGE, layout.ALPHA, layout.FG, layout.BG, layout.FACE_MASK)}
+    for role in (layout.IMAGE, layout.ALPHA):
+        if not folders[role].is_dir():
+            raise DatasetError(f"{folders[role]}: missing ({role} folder of the training split)")
     problems: list[str] = []
     indexes: dict[str, dict[str, Path]] = {}
     for role, folder in folders.items():
@@ -89,19 +99,21 @@ def find_train_files(root: str | os.PathLike) -> TrainFiles:
         indexes[role] = found.files
     images, alphas = indexes[layout.IMAGE], indexes[layout.ALPHA]
     fgs, bgs = indexes.get(layout.FG, {}), indexes.get(layout.BG, {})
+    face_masks = indexes.get(layout.FACE_MASK, {})
     samples = []
     for stem, image in images.items():
         if stem not in alphas:
             problems.append(f"{image}: no alpha in {folders[layout.ALPHA]}, left out")
             continue
-        samples.append(TrainSample(stem, image, alphas[stem], fgs.get(stem), bgs.get(stem)))
+        samples.append(TrainSample(stem, image, alphas[stem], fgs.get(stem), bgs.get(stem), face_masks.get(stem)))
     problems.extend(f"{alpha}: no image in {folders[layout.IMAGE]}, left out"
                     for stem, alpha in alphas.items() if stem not in images)
     if not samples:
-        raise DatasetError(f"{layout.get_split(layout.TRAIN).root(root)}: no image with an alpha matte "
+        raise DatasetError(f"{split.root(root)}: no image with an alpha matte "
                            f"(looked in {folders[layout.IMAGE]} and {folders[layout.ALPHA]})")
     fgbg_count = sum(1 for sample in samples if sample.fg is not None and sample.bg is not None)
-    return TrainFiles(samples, fgbg_count == len(samples), fgbg_count, problems)
+    face_mask_count = sum(1 for sample in samples if sample.face_mask is not None)
+    return TrainFiles(samples, fgbg_count == len(samples), fgbg_count, problems, face_mask_count)
 
 
 def choose_crop(trimap: np.ndarray, rng: np.random.Generator,
@@ -172,17 +184,27 @@ class P3MTrainDataset(Dataset):
     blended values on region borders) and, when ``use_fgbg``, ``fg`` and ``bg`` (3, S, S),
     with S = ``image_size``. A plain index draws fresh randomness.
 
+    With ``copy_paste`` the sample also has ``face_mask`` (1, S, S), 0 or 255 (the
+    augmented face mask, 0 where a sample has none); with image-level copy-paste
+    ``image`` (and ``fg``) may carry a public face inside it; with feature-level
+    copy-paste ``cp_fcp`` () bool says whether the sample gets one, ``cp_source``
+    (3, S, S) uint8 is that face image resized to S x S and ``cp_box`` (4,) int64
+    its face box (top, left, bottom, right) in it.
+
     Args:
         use_fgbg: load fg/bg for the composition loss; ``None`` loads them when
             every sample has both.
+        copy_paste: P3M-CP settings, or None.
 
     Raises:
-        DatasetError: as :func:`find_train_files`; ``use_fgbg=True`` without fg/bg for every sample.
+        DatasetError: as :func:`find_train_files`; ``use_fgbg=True`` without fg/bg for every sample;
+            ``copy_paste`` without any face mask in ``train/facemask``.
     """
 
     def __init__(self, root: str | os.PathLike, image_size: int = DEFAULT_IMAGE_SIZE,
                  crop_sizes: Sequence[int] = DEFAULT_CROP_SIZES,
-                 kernel_sizes: tuple[int, int] = TRAIN_KERNEL_SIZES, use_fgbg: bool | None = None):
+                 kernel_sizes: tuple[int, int] = TRAIN_KERNEL_SIZES, use_fgbg: bool | None = None,
+                 copy_paste: CopyPaste | None = None):
         if image_size < 32 or image_size % 32:
             raise ValueError(f"image_size must be a positive multiple of 32, got {image_size}")
         if not crop_sizes or min(crop_sizes) < 1:
@@ -196,6 +218,12 @@ class P3MTrainDataset(Dataset):
                                f"{self.files.fgbg_count} of {len(self.files.samples)} samples; "
                                f"run `p3m dataset prepare {root}` to estimate them")
         self.use_fgbg = self.files.has_fgbg if use_fgbg is None else bool(use_fgbg)
+        if copy_paste is not None and not self.files.face_mask_count:
+            folder = layout.get_split(layout.TRAIN).folder(root, layout.FACE_MASK)
+            state = "no face mask of a training image in it" if folder.is_dir() else "missing"
+            raise DatasetError(f"{folder}: {state}; P3M-CP pastes faces where the P3M-10k face masks "
+                               f"(train/facemask) put them")
+        self.copy_paste = copy_paste
         self.image_size = int(image_size)
         self.crop_sizes = tuple(int(side) for side in crop_sizes)
         self.kernel_sizes = (int(kernel_sizes[0]), int(kernel_sizes[1]))
@@ -215,6 +243,9 @@ class P3MTrainDataset(Dataset):
             arrays["fg"] = read_image(sample.fg)
             arrays["bg"] = read_image(sample.bg)
         height, width = arrays["image"].shape[:2]
+        if self.copy_paste is not None:
+            arrays["face_mask"] = (read_mask(sample.face_mask) if sample.face_mask is not None
+                                   else np.zeros((height, width), np.uint8))
         for name, array in arrays.items():
             if array.shape[:2] != (height, width):
                 path = getattr(sample, name)
@@ -247,14 +278,63 @@ class P3MTrainDataset(Dataset):
     def __getitem__(self, key) -> dict[str, torch.Tensor]:
         if isinstance(key, tuple):
             index, seed = key
-            rng = np.random.default_rng([int(part) for part in seed])
+            parts = [int(part) for part in seed]
+            rng, cp_rng = np.random.default_rng(parts), np.random.default_rng([*parts, _COPY_PASTE_STREAM])
         else:
-            index, rng = int(key), np.random.default_rng()
+            index, rng, cp_rng = int(key), np.random.default_rng(), np.random.default_rng()
         arrays = self._load_readable(index)
         low, high = self.kernel_sizes
         trimap = trimap_from_alpha(arrays["alpha"], int(rng.integers(low, high + 1)))
         out = augment(arrays, trimap, rng, self.image_size, self.crop_sizes)
-        return {name: _to_tensor(array) for name, array in out.items()}
+        extra = {}
+        if self.copy_paste is not None:
+            out, extra = self._paste(out, cp_rng)
+        return {**{name: _to_tensor(array) for name, array in out.items()}, **extra}
+
+    def _paste(self, out: dict[str, np.ndarray], rng: np.random.Generator):
+        """P3M-CP on an augmented sample: ``(arrays, feature-level tensors)``. Two draws decide, in
+        this order, image-level and feature-level pasting; a sample without a face gets neither."""
+        import cv2
+
+        settings = self.copy_paste
+        face_mask = out["face_mask"] >= FACE_THRESHOLD
+        out = {**out, "face_mask": face_mask.astype(np.uint8) * 255}
+        has_face = bool(face_mask.any())
+        icp = settings.icp and rng.random() < settings.prob_icp and has_face
+        fcp = settings.fcp and rng.random() < settings.prob_fcp and has_face
+        if icp:
+            face = self._draw_face(rng)
+            for name in ("image", "fg"):
+                if name in out:
+                    out[name] = paste_face_uint8(out[name], face_mask, face.image, face.box)
+        if not settings.fcp:
+            return out, {}
+        side = self.image_size
+        source, box = np.zeros((side, side, 3), np.uint8), (0, 0, side, side)
+        if fcp:
+            face = self._draw_face(rng)
+            source = cv2.resize(face.image, (side, side), interpolation=cv2.INTER_AREA)
+            box = scale_box(face.box, face.image.shape[:2], (side, side))
+        return out, {"cp_fcp": torch.tensor(fcp), "cp_source": _to_tensor(source),
+                     "cp_box": torch.tensor(box, dtype=torch.int64)}
+
+    def _draw_face(self, rng: np.random.Generator) -> Face:
+        """A random source face; an unreadable one is reported and the next one taken.
+
+        Raises:
+            DatasetError: ``MAX_REPLACEMENTS`` faces in a row (or all of them) are unreadable.
+        """
+        faces = self.copy_paste.faces
+        first = int(rng.integers(len(faces)))
+        tries = min(len(faces), MAX_REPLACEMENTS + 1)
+        reason = ""
+        for attempt in range(tries):
+            try:
+                return faces.load((first + attempt) % len(faces))
+            except ImageReadError as error:
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                logger.warning("P3M-CP: %s; face skipped", reason)
+        raise DatasetError(f"{faces.folder}: {tries} face image(s) in a row cannot be read (last: {reason})")
 
 
 class TrainSampler(Sampler):

@@ -22,10 +22,10 @@ from p3m.weights import sha256_of
 
 PROVENANCE = "provenance.json"
 
-# Settings a resumed run may change: where the data is (its files are compared), how long to train, where to log
-# and what to validate, not what a step computes.
+# Settings a resumed run may change: where the data and the P3M-CP faces are (their files are compared), how long
+# to train, where to log and what to validate, not what a step computes.
 RESUMABLE_KEYS = frozenset({
-    "data", "max_steps", "epochs", "output", "workers", "device", "log_every", "checkpoint_every",
+    "data", "cp_faces", "max_steps", "epochs", "output", "workers", "device", "log_every", "checkpoint_every",
     "validate_every", "val_splits", "val_max_images", "val_method", "val_max_size", "val_fast",
 })
 

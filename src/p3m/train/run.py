@@ -23,6 +23,7 @@ from p3m.io import OutputFolder
 from p3m.models.registry import ModelSpec, get_spec
 from p3m.train import distributed, provenance
 from p3m.train.config import IMAGENET, RANDOM_INIT, TrainConfig, save_yaml
+from p3m.train.copy_paste import CopyPaste, FaceSource
 from p3m.train.dataset import P3MTrainDataset, TrainSampler, epochs_to_steps, worker_init
 from p3m.train.distributed import DistInfo
 from p3m.train.logs import LOG, TEXT_LOG, VAL_LOG, LogHook, run_logger, truncate_jsonl, warnings_to_log
@@ -81,7 +82,8 @@ def _train(config: TrainConfig, resume, force: bool, info: DistInfo, device: tor
                                 f"with --weights instead of --resume")
     initial = _initial_weights(config, spec, info) if not resume else {"source": "checkpoint", "path": str(resume)}
     dataset = P3MTrainDataset(config.data, config.image_size, config.crop_sizes, tuple(config.trimap_kernel),
-                              use_fgbg={"auto": None, "on": True, "off": False}[config.composition])
+                              use_fgbg={"auto": None, "on": True, "off": False}[config.composition],
+                              copy_paste=_copy_paste(config))
     record, manifest, history = _provenance(config, resume, resume_state, force, dataset, initial, info, device)
 
     if info.is_main:
@@ -111,6 +113,12 @@ def _run(config, resume, resume_content, resume_state, dataset, spec, initial, r
             f"fg/bg found for {files.fgbg_count} of {len(dataset)} samples; "
             f"run `p3m dataset prepare {config.data}` to estimate them")
         log(f"composition loss off ({reason})")
+    if dataset.copy_paste is not None:
+        cp = dataset.copy_paste
+        levels = ", ".join(f"{kind} with probability {prob:g}" for kind, prob, on in
+                           (("image level", cp.prob_icp, cp.icp), ("feature level", cp.prob_fcp, cp.fcp)) if on)
+        log(f"P3M-CP {cp.mode}: {len(cp.faces)} face image(s) from {cp.faces.folder}, pasted at {levels} into the "
+            f"face masks of {files.face_mask_count} of {len(dataset)} training images")
     per_process = config.batch_size // info.world_size
     sampler = TrainSampler(len(dataset), per_process, info.world_size, info.rank, config.seed)
     total_steps = config.max_steps or epochs_to_steps(config.epochs, sampler.steps_per_epoch)
@@ -189,6 +197,15 @@ def _run(config, resume, resume_content, resume_state, dataset, spec, initial, r
     return TrainResult(output, trainer.step, total_steps, trainer.interrupted)
 
 
+def _copy_paste(config: TrainConfig) -> CopyPaste | None:
+    """P3M-CP settings, the face folder checked (one face must load), or None when off."""
+    if not config.p3m_cp:
+        return None
+    faces = FaceSource(config.cp_faces)
+    faces.check()
+    return CopyPaste(config.p3m_cp, faces, config.cp_prob_icp, config.cp_prob_fcp)
+
+
 # ----------------------------------------------------------------------------- initial weights
 
 def _initial_weights(config: TrainConfig, spec: ModelSpec, info: DistInfo) -> dict[str, Any]:
@@ -255,6 +272,9 @@ def _provenance(config: TrainConfig, resume, resume_state, force: bool, dataset:
     if info.is_main:
         paths = [path for sample in dataset.samples
                  for path in (sample.image, sample.alpha, *((sample.fg, sample.bg) if dataset.use_fgbg else ()))]
+        if dataset.copy_paste is not None:
+            paths += [sample.face_mask for sample in dataset.samples if sample.face_mask is not None]
+            paths += dataset.copy_paste.faces.files
         manifest = provenance.file_manifest(config.data, paths)
         record = provenance.build_record(config.to_dict(), manifest, initial, str(device), torch.get_num_threads(),
                                          info.world_size)

@@ -30,6 +30,7 @@ from p3m.checkpoint import save_weights
 from p3m.models.registry import get_spec
 from p3m.train import distributed
 from p3m.train.config import TrainConfig
+from p3m.train.copy_paste import FACE_THRESHOLD, FeaturePaste
 from p3m.train.dataset import TrainSampler
 from p3m.train.distributed import DistInfo
 from p3m.train.losses import p3m_losses
@@ -131,19 +132,27 @@ class Trainer:
         elif self.step % self.config.log_every == 0:
             self.stop_requested = distributed.any_across(self.info, self.signal_received, self.device)
 
-    def prepare_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """uint8 batch -> float tensors on the device: ``input`` normalised, the rest as losses expect."""
+    def prepare_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """uint8 batch -> float tensors on the device: ``input`` normalised, the rest as losses expect;
+        with feature-level P3M-CP in the batch, ``feature_paste`` (a :class:`FeaturePaste`, or None)."""
         spec = get_spec(self.config.model)
         non_blocking = self.device.type == "cuda"
-        moved = {name: tensor.to(self.device, non_blocking=non_blocking) for name, tensor in batch.items()}
-        image = moved["image"].float().div_(255.0)
+        moved = {name: tensor.to(self.device, non_blocking=non_blocking) for name, tensor in batch.items()
+                 if name not in ("face_mask", "cp_fcp", "cp_box")}
         mean = torch.tensor(spec.mean, device=self.device)[None, :, None, None]
         std = torch.tensor(spec.std, device=self.device)[None, :, None, None]
+        image = moved["image"].float().div_(255.0)
         out = {"input": (image - mean) / std, "image": image,
                "alpha": moved["alpha"].float().div_(255.0), "trimap": moved["trimap"].float()}
         if self.use_composition:
             out["fg"] = moved["fg"].float().div_(255.0)
             out["bg"] = moved["bg"].float().div_(255.0)
+        if "cp_fcp" in batch:
+            rows = torch.nonzero(batch["cp_fcp"]).flatten().tolist()
+            source = moved["cp_source"][rows].float().div_(255.0)
+            out["feature_paste"] = FeaturePaste(
+                rows, (source - mean) / std, [tuple(box) for box in batch["cp_box"][rows].tolist()],
+                [mask[0].numpy() >= FACE_THRESHOLD for mask in batch["face_mask"][rows]]) if rows else None
         return out
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -152,7 +161,7 @@ class Trainer:
         dtype = self.autocast_dtype
         context = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         with context:
-            output = self.model(batch["input"])
+            output = self.model(batch["input"], feature_paste=batch.get("feature_paste"))
         losses = p3m_losses(output, batch["alpha"], batch["trimap"], batch["image"] if self.use_composition else None,
                             batch.get("fg"), batch.get("bg"))
         self.optimizer.zero_grad(set_to_none=True)

@@ -157,6 +157,39 @@ def test_anonymize_does_not_write_through_a_symlinked_subfolder(tmp_path, capsys
     assert list(outside.iterdir()) == []
 
 
+@pytest.mark.parametrize("swapped", ["out/sub", "masks/sub", "out/mask/sub"])
+def test_anonymize_writes_are_guarded_when_a_folder_becomes_a_link_mid_run(tmp_path, capsys, monkeypatch, swapped):
+    """Images, face masks and --dataset mattes: a folder of OUT (or of --masks) swapped for a link into the
+    inputs after the up-front checks is refused at the write, and nothing of the inputs changes."""
+    import p3m.privacy.files as files
+
+    photos = _photos(tmp_path / "photos" / "sub", 1).parent
+    argv = ["anonymize", str(photos), "-o", str(tmp_path / "out"), "--quiet"]
+    if swapped == "out/mask/sub":
+        (photos / "mask" / "sub").mkdir(parents=True)
+        Image.fromarray(np.full((96, 80), 255, np.uint8)).save(photos / "mask" / "sub" / "photo0.png")
+        argv.append("--dataset")
+    else:
+        argv += ["--masks", str(tmp_path / "masks")]
+    before = _snapshot(photos)
+    read_source = files._read_source
+
+    def swap_then_read(path):
+        folder = tmp_path / swapped
+        if folder.is_dir():
+            folder.rmdir()
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        folder.symlink_to(photos / Path(swapped).relative_to(Path(swapped).parts[0]))
+        return read_source(path)
+
+    monkeypatch.setattr(files, "_read_source", swap_then_read)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    (error,) = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert "outside the output folder" in error and err.count("\n") == 2
+    assert _snapshot(photos) == before
+
+
 def test_training_logs_are_not_appended_through_links(tmp_path):
     from p3m.io import UnsafeOutputError
     from p3m.train.distributed import DistInfo

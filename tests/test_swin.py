@@ -120,7 +120,12 @@ def test_encoder_honours_the_feature_contract(swin_model):
         assert index.shape[-2:] == level.shape[-2:]
 
 
-@pytest.mark.parametrize("size", [(32, 32), (32, 224), (224, 32), (64, 96), (96, 160), (224, 224), (288, 32)])
+SLOW = pytest.mark.slow  # the rest of the sweep: the default run keeps one case of each kind
+
+
+@pytest.mark.parametrize("size", [pytest.param((32, 32), marks=SLOW), (32, 224), pytest.param((224, 32), marks=SLOW),
+                                  pytest.param((64, 96), marks=SLOW), (96, 160), pytest.param((224, 224), marks=SLOW),
+                                  pytest.param((288, 32), marks=SLOW)])
 def test_network_runs_at_sizes_the_official_code_cannot(swin_model, size):
     # Last stages of 1 to 9 px, single windows, one-window-high strips, padded and unpadded maps.
     with torch.inference_mode():
@@ -132,12 +137,12 @@ def test_network_runs_at_sizes_the_official_code_cannot(swin_model, size):
 
 
 @pytest.mark.parametrize("height, width, max_size", [
-    (1, 1, 128),  # enlarged to 64 px, then the small-image pass, capped at 128x128
+    pytest.param(1, 1, 128, marks=SLOW),  # enlarged to 64 px, then the small-image pass, capped at 128x128
     (17, 301, 96),  # small-image pass capped at 96x96: last stage 3x3
-    (515, 33, 224),  # capped at 224x224: last stage exactly one window
-    (601, 599, 160),  # both methods at 160x160 (HYBRID's global pass too): last stage 5x5
+    pytest.param(515, 33, 224, marks=SLOW),  # capped at 224x224: last stage exactly one window
+    pytest.param(601, 599, 160, marks=SLOW),  # both methods at 160x160 (HYBRID's global pass too): last stage 5x5
     (530, 517, 64),  # 64x64 passes: last stage 2x2
-    (700, 9, 256),  # a strip: enlarged to 64 px wide, then the small-image pass at 256x256
+    pytest.param(700, 9, 256, marks=SLOW),  # a strip: enlarged to 64 px wide, then the small-image pass at 256x256
 ])
 def test_matter_gives_an_alpha_at_any_image_size(swin_matter, height, width, max_size):
     image = np.random.default_rng(height * width).integers(0, 256, (height, width, 3), dtype=np.uint8)

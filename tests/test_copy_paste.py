@@ -240,7 +240,8 @@ def test_model_output_without_paste_is_unchanged():
 
 # ----------------------------------------------------------------------------- p3m train
 
-def test_train_with_p3m_cp_both_runs_and_records_it(data_root, faces, tmp_path, monkeypatch):
+@pytest.mark.parametrize("model_name", ["resnet34", pytest.param("swin-t", marks=pytest.mark.slow)])
+def test_train_with_p3m_cp_both_runs_and_records_it(data_root, faces, tmp_path, monkeypatch, model_name):
     pasted_rows = []
     call = FeaturePaste.__call__
 
@@ -250,7 +251,8 @@ def test_train_with_p3m_cp_both_runs_and_records_it(data_root, faces, tmp_path, 
 
     monkeypatch.setattr(FeaturePaste, "__call__", counting)
     run = tmp_path / "cp"
-    code = main(["train", "--data", str(data_root), "--output", str(run), *SMALL, "--max-steps", "3",
+    code = main(["train", "--data", str(data_root), "--output", str(run), *SMALL, "--model", model_name,
+                 "--max-steps", "3",
                  "--p3m-cp", "both", "--cp-faces", str(faces), "--cp-prob-icp", "1", "--cp-prob-fcp", "1",
                  "--log-every", "1"])
     assert code == 0

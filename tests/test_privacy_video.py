@@ -172,7 +172,7 @@ def test_metadata_is_gone_and_timestamps_rotation_and_audio_survive(tmp_path):
     assert all(secret.encode() in source.read_bytes() for secret in face_clips.SECRET_STRINGS)
 
     report = anonymize_video(source, tmp_path / "out" / "phone.mp4")
-    assert report.status == "no_faces" and report.verified and report.audio == "copied", report.error
+    assert report.status == "no_faces" and report.verified and report.audio == "re-encoded", report.error
     data = report.output.read_bytes()
     assert [secret for secret in face_clips.SECRET_STRINGS if secret.encode() in data] == []
     planted = (*face_clips.SECRET_TAGS.values(), *face_clips.STREAM_TAGS.values())
@@ -193,6 +193,23 @@ def test_metadata_is_gone_and_timestamps_rotation_and_audio_survive(tmp_path):
     assert [round(frame.time, 3) for frame in written] == [round(t / 1000, 3) for t in pts]
     assert max(np.abs(a.image.astype(int) - b.image.astype(int)).max() for a, b in zip(written, originals)) <= 4
     assert abs(audio_seconds - 8 * face_clips.AUDIO_RATE // 25 / face_clips.AUDIO_RATE) < 0.1
+
+
+def test_text_in_the_audio_codec_headers_does_not_reach_the_output(tmp_path):
+    """A Vorbis track's comment header (artist, location...) lies in its codec data, not in the tags;
+    copying the track would carry it along. The audio is re-encoded, so only its samples go."""
+    source = write_clip(tmp_path / "field.mkv", plain_frames(4), audio="vorbis", metadata=True)
+    with av.open(str(source)) as container:
+        assert b"SECRET-ARTIST-7f3a" in bytes(container.streams.audio[0].codec_context.extradata)
+    report = anonymize_video(source, tmp_path / "out" / "field.mp4")
+    assert report.status == "no_faces", report.error
+    data = report.output.read_bytes()
+    assert [secret for secret in face_clips.SECRET_STRINGS if secret.encode() in data] == []
+    assert report.audio == "re-encoded"
+    with av.open(str(report.output)) as container:
+        assert container.streams.audio[0].codec_context.name == "aac"
+        samples = np.concatenate([frame.to_ndarray().ravel() for frame in container.decode(audio=0)])
+    assert 0.15 < np.sqrt(np.mean(samples ** 2)) < 0.25  # the 0.3-amplitude tone (RMS 0.21)
 
 
 def test_audio_is_stripped_on_request_and_frame_rate_kept(tmp_path, capsys):

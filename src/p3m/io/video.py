@@ -228,13 +228,20 @@ class VideoWriter:
         time_base: the unit of the timestamps given to :meth:`write`.
         audio_from: a video whose first audio stream is copied (re-encoded to
             AAC when the container cannot hold its codec); None for no audio.
+        reencode_audio: re-encode the audio to AAC even where it could be
+            copied, so that only its samples go along: a copied stream keeps
+            its codec's headers and packets, which can hold text (a Vorbis
+            comment header, an AAC program config comment or data element).
+
+    Re-encoded audio keeps its sample rate where AAC has it (else 48 kHz) and
+    its mono or stereo; more channels are mixed down to stereo.
 
     4:2:0 needs even sides: an odd width or height is padded by repeating the
     last column or row. Use as a context manager; leaving it closes the file.
     """
 
     def __init__(self, path: str | os.PathLike, kind: str, frame_rate: Fraction, time_base: Fraction,
-                 audio_from: str | os.PathLike | None = None):
+                 audio_from: str | os.PathLike | None = None, reencode_audio: bool = False):
         av = _av()
         if kind not in VIDEO_CODECS:
             raise ValueError(f"unknown video kind {kind!r}; use one of {', '.join(VIDEO_CODECS)}")
@@ -248,6 +255,7 @@ class VideoWriter:
         self._stream = None
         self._last_pts = None
         self._audio = None
+        self._reencode_audio = reencode_audio
         if audio_from is not None:
             try:
                 self._open_audio(Path(audio_from))
@@ -263,11 +271,15 @@ class VideoWriter:
             return
         audio_in = self._audio_input.streams.audio[0]
         name = audio_in.codec_context.name
-        if name in self._container.supported_codecs:
+        if name in self._container.supported_codecs and not self._reencode_audio:
             audio_out = self._container.add_stream_from_template(audio_in)
             self._transcoder = None
         else:
-            audio_out = self._container.add_stream("aac", rate=audio_in.codec_context.sample_rate or 48000)
+            rate = audio_in.codec_context.sample_rate
+            if rate not in av.Codec("aac", "w").audio_rates:
+                rate = 48000
+            mono = audio_in.codec_context.layout.nb_channels == 1
+            audio_out = self._container.add_stream("aac", rate=rate, layout="mono" if mono else "stereo")
             self._transcoder = av.AudioResampler(format=audio_out.codec_context.format.name,
                                                  layout=audio_out.codec_context.layout.name,
                                                  rate=audio_out.codec_context.sample_rate)

@@ -7,6 +7,7 @@ import json
 from fractions import Fraction
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,6 +15,7 @@ from PIL import Image
 av = pytest.importorskip("av", reason="video support needs PyAV (the 'video' extra)")
 
 from p3m.cli import main  # noqa: E402
+from p3m.io import video as video_io  # noqa: E402
 from p3m.io.video import VideoReader  # noqa: E402
 from p3m.privacy import Face, detect_faces  # noqa: E402
 from p3m.privacy import video as privacy_video  # noqa: E402
@@ -132,6 +134,32 @@ def test_faces_the_check_finds_are_hidden_again_and_checked_again(tmp_path):
     assert report.status == "anonymized" and report.verified and report.rounds == 2, report.error
     assert [track.to_dict()["covered_frames"] for track in report.tracks] == [[[0, 2]], [[4, 6]]]
     assert [i for i, frame in enumerate(frames_of(report.output)) if detect_faces(frame.image, 0.3)] == []
+
+
+def test_an_anamorphic_clip_is_searched_and_written_with_square_pixels(tmp_path):
+    """Pixels shown 3x as wide as tall: the stored frames squeeze the face 3x, and the detector misses it
+    there. Frames are read at their displayed shape, so the face is found, and the output (square pixels)
+    shows it hidden."""
+    shown = list(face_frames("p_bac3c1ff", 192, 144, 2, face_height=40))
+    stored = [cv2.resize(image, (64, 144), interpolation=cv2.INTER_AREA) for image in shown]
+    assert detect_faces(shown[0]) and not detect_faces(stored[0], 0.3)
+    source = write_clip(tmp_path / "wide.mp4", stored, pixel_aspect=Fraction(3))
+    report = anonymize_video(source, tmp_path / "out" / "wide.mp4")
+    assert report.status == "anonymized" and report.size == (192, 144), report.error
+    written = frames_of(report.output)
+    assert [frame.image.shape for frame in written] == [(144, 192, 3)] * 2
+    assert [i for i, frame in enumerate(written) if detect_faces(frame.image, 0.3)] == []
+    with av.open(str(report.output)) as container:
+        assert container.streams.video[0].sample_aspect_ratio in (None, 0, 1)
+
+
+def test_the_frame_size_limit_holds_for_the_displayed_size(tmp_path, monkeypatch):
+    """Wide pixels stretch a frame when read: the size limit applies to what is decoded into memory."""
+    monkeypatch.setattr(video_io, "MAX_FRAME_PIXELS", 96 * 64 * 2)
+    source = write_clip(tmp_path / "wide.mp4", plain_frames(1), pixel_aspect=Fraction(3))
+    report = anonymize_video(source, tmp_path / "out.mp4")
+    assert report.status == "error" and not (tmp_path / "out.mp4").exists()
+    assert report.error == f"{source}: refused, frames too large (96x64, displayed 288x64)"
 
 
 def test_verification_failure_on_one_frame_writes_nothing_and_names_it(tmp_path, capsys, monkeypatch):

@@ -80,7 +80,8 @@ def _reason(error: Exception) -> str:
 class VideoFrame:
     """One decoded frame.
 
-    image: (H, W, 3) uint8 RGB, upright (display matrix applied).
+    image: (H, W, 3) uint8 RGB as displayed: square pixels (the sample aspect
+           ratio applied) and upright (the display matrix applied).
     pts:   presentation timestamp in the reader's ``time_base``.
     time:  presentation time in seconds.
     """
@@ -105,6 +106,17 @@ def orientation(display_matrix: bytes | None) -> tuple[bool, bool, bool]:
     return True, c < 0, b < 0
 
 
+def square_pixel_size(width: int, height: int, pixel_aspect: Fraction | None) -> tuple[int, int]:
+    """(width, height) at which a frame of ``pixel_aspect`` (sample aspect ratio: a pixel's displayed
+    width over its height; None or 0 when unknown, taken as square) shows its displayed shape with
+    square pixels. The frame is only ever stretched: wider for wide pixels, taller for tall ones."""
+    if not pixel_aspect or pixel_aspect == 1:
+        return width, height
+    if pixel_aspect > 1:
+        return max(width, round(width * pixel_aspect)), height
+    return width, max(height, round(height / pixel_aspect))
+
+
 def _upright(image: np.ndarray, transpose: bool, flip_lr: bool, flip_ud: bool) -> np.ndarray:
     if transpose:
         image = image.transpose(1, 0, 2)
@@ -123,7 +135,7 @@ class VideoReader:
 
     Attributes:
         path: the file.
-        width, height: upright frame size in pixels.
+        width, height: displayed frame size in pixels (square pixels, upright).
         frame_rate: the average frame rate (frames per second) as a Fraction.
         time_base: the unit of :attr:`VideoFrame.pts`.
         duration: seconds, from the container (None when it does not say).
@@ -152,8 +164,8 @@ class VideoReader:
             raise VideoReadError(f"{self.path}: no video stream")
         self._stream = stream = streams[0]
         context = stream.codec_context
-        if context.width * context.height > MAX_FRAME_PIXELS:
-            raise VideoReadError(f"{self.path}: refused, frames too large ({context.width}x{context.height})")
+        self._pixel_aspect = Fraction(stream.sample_aspect_ratio or context.sample_aspect_ratio or 1)
+        self._check_size(context.width, context.height)
         stream.thread_type = "AUTO"
         self.time_base = stream.time_base or Fraction(1, 90000)
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
@@ -178,6 +190,14 @@ class VideoReader:
         self._first = first
         self.height, self.width = first.image.shape[:2]
 
+    def _check_size(self, width: int, height: int) -> tuple[int, int]:
+        """The displayed size of ``width`` x ``height`` frames; refused above :data:`MAX_FRAME_PIXELS`."""
+        shown = square_pixel_size(width, height, self._pixel_aspect)
+        if shown[0] * shown[1] > MAX_FRAME_PIXELS:
+            displayed = f", displayed {shown[0]}x{shown[1]}" if shown != (width, height) else ""
+            raise VideoReadError(f"{self.path}: refused, frames too large ({width}x{height}{displayed})")
+        return shown
+
     def _decode(self) -> Iterator[VideoFrame]:
         av = _av()
         last_pts = None
@@ -185,8 +205,7 @@ class VideoReader:
         layout = None
         try:
             for frame in self._container.decode(self._stream):
-                if frame.width * frame.height > MAX_FRAME_PIXELS:
-                    raise VideoReadError(f"{self.path}: refused, frames too large ({frame.width}x{frame.height})")
+                width, height = self._check_size(frame.width, frame.height)
                 if layout is None:
                     matrix = frame.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX)
                     layout = orientation(bytes(matrix) if matrix is not None else None)
@@ -194,7 +213,8 @@ class VideoReader:
                 if pts is None or (last_pts is not None and pts <= last_pts):
                     pts = 0 if last_pts is None else last_pts + (step if pts is None else 1)
                 last_pts = pts
-                yield VideoFrame(_upright(frame.to_ndarray(format="rgb24"), *layout), int(pts),
+                image = frame.to_ndarray(format="rgb24", width=width, height=height)
+                yield VideoFrame(_upright(image, *layout), int(pts),
                                  float(pts * self.time_base))
         except av.error.FFmpegError as error:
             raise VideoReadError(f"{self.path}: cannot decode video ({_reason(error)})") from None

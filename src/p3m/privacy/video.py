@@ -2,7 +2,7 @@
 
 Three passes over a video, each decoding it again (frames are never held in memory):
 
-1. **Detect.** The shared detector runs on every upright frame.
+1. **Detect.** The shared detector runs on every frame as displayed (upright, square pixels).
 2. **Track and hide.** Detections are linked into tracks across frames by box
    overlap (:func:`track_faces`); a track covers the frames between its
    detections (a face the detector missed for up to :data:`HOLD_FRAMES`
@@ -265,7 +265,8 @@ def anonymize_video(source: os.PathLike, output: os.PathLike, method: str = "blu
         progress: a progress bar per pass over the frames, on a terminal.
 
     Frames keep their timestamps (variable frame rates survive); rotated
-    sources (a display matrix) are written upright, so they display as before.
+    sources (a display matrix) are written upright and anamorphic ones with
+    square pixels, so they display as before; faces are searched as displayed.
     """
     source, output = Path(source), Path(output)
     check = default_verify_threshold(threshold) if verify_threshold is None else verify_threshold

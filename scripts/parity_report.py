@@ -4,8 +4,9 @@
 usage: python scripts/parity_report.py
 
 Builds the deterministic official-format checkpoints in a temporary folder, then
-prints, per model, the max/mean absolute differences of the raw 96x128 outputs
-and of the end-to-end HYBRID/RESIZE alphas of ref_small.png.
+prints, per model, the max/mean absolute differences of the raw outputs (96x128;
+256x352 for Swin-T) and of the end-to-end HYBRID/RESIZE alphas of ref_small.png
+(and ref_mid.png for Swin-T).
 """
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ from p3m.checkpoint import load_weights
 from p3m.models import create_model
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
-MODELS = (("resnet34", "r34"), ("vitae-s", "vitae"))
+# (model, kit prefix, raw-output size, test portraits with official alphas)
+MODELS = (("resnet34", "r34", "96x128", ("ref_small",)), ("vitae-s", "vitae", "96x128", ("ref_small",)),
+          ("swin-t", "swin", "256x352", ("ref_small", "ref_mid")))
 
 
 def make_checkpoints(folder: Path) -> dict[str, Path]:
@@ -29,7 +32,7 @@ def make_checkpoints(folder: Path) -> dict[str, Path]:
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
     paths = {}
-    for model, prefix in MODELS:
+    for model, prefix, _, _ in MODELS:
         path = folder / f"{prefix}.pth"
         manifest = str(FIXTURES / f"{prefix}_manifest.json")
         recipe.main(manifest, str(path))
@@ -40,9 +43,9 @@ def make_checkpoints(folder: Path) -> dict[str, Path]:
     return paths
 
 
-def report(model: str, prefix: str, checkpoint: Path) -> None:
+def report(model: str, prefix: str, size: str, portraits: tuple[str, ...], checkpoint: Path) -> None:
     network = load_weights(create_model(model), checkpoint, model).eval()
-    reference = np.load(FIXTURES / f"{prefix}_forward_96x128.npz")
+    reference = np.load(FIXTURES / f"{prefix}_forward_{size}.npz")
     with torch.inference_mode():
         output = network(torch.from_numpy(reference["input"]))
     raw = {"global": output.global_logits, "local": output.local_alpha, "fusion": output.fused_alpha,
@@ -50,20 +53,21 @@ def report(model: str, prefix: str, checkpoint: Path) -> None:
     for name, tensor in raw.items():
         difference = np.abs(tensor.numpy() - reference[name])
         print(f"{model:9s} raw {name:7s} max {difference.max():.2e}  mean {difference.mean():.2e}")
-    pipeline = np.load(FIXTURES / f"{prefix}_pipeline_ref_small.npz")
-    for method in ("hybrid", "resize"):
-        alpha = p3m.Matter(model=model, weights=checkpoint, method=method, device="cpu").predict(
-            FIXTURES / "ref_small.png").alpha
-        difference = np.abs(alpha - pipeline[method.upper()])
-        print(f"{model:9s} end-to-end {method:6s} max {difference.max():.2e}  mean {difference.mean():.2e}  "
-              f"pixels > 0.01: {(difference > 0.01).mean():.4%}")
+    matter = p3m.Matter(model=model, weights=checkpoint, device="cpu")
+    for portrait in portraits:
+        pipeline = np.load(FIXTURES / f"{prefix}_pipeline_{portrait}.npz")
+        for method in ("hybrid", "resize"):
+            alpha = matter.with_options(method=method).predict(FIXTURES / f"{portrait}.png").alpha
+            difference = np.abs(alpha - pipeline[method.upper()])
+            print(f"{model:9s} {portrait} {method:6s} max {difference.max():.2e}  mean {difference.mean():.2e}  "
+                  f"pixels > 0.01: {(difference > 0.01).mean():.4%}")
 
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         checkpoints = make_checkpoints(Path(folder))
-        for model, prefix in MODELS:
-            report(model, prefix, checkpoints[model])
+        for model, prefix, size, portraits in MODELS:
+            report(model, prefix, size, portraits, checkpoints[model])
 
 
 if __name__ == "__main__":

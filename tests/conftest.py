@@ -43,3 +43,11 @@ def vitae_checkpoint(tmp_path_factory) -> Path:
     content["state_dict"].update(recipe.random_features(str(FIXTURES / "vitae_manifest.json")))
     torch.save(content, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def swin_checkpoint(tmp_path_factory) -> Path:
+    """Path to the deterministic Swin-T checkpoint (constants from swin_constants.npz)."""
+    path = tmp_path_factory.mktemp("checkpoints") / "swin.pth"
+    _recipe().main(str(FIXTURES / "swin_manifest.json"), str(path))
+    return path

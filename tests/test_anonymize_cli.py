@@ -266,6 +266,22 @@ def test_dataset_mode_refuses_what_is_not_a_matte(tmp_path, capsys):
     assert "1 mattes written to mask/" in err
 
 
+def test_dataset_mattes_are_never_written_or_removed_through_a_link_onto_the_inputs(tmp_path, capsys):
+    root = tmp_path / "shoot"
+    (root / "mask").mkdir(parents=True)
+    shutil.copy(PORTRAITS / "p_a09f6d7a.jpg", root / "p_a09f6d7a.jpg")
+    Image.fromarray(matte_for(root / "p_a09f6d7a.jpg")).save(root / "mask" / "p_a09f6d7a.png")
+    before = {path: path.read_bytes() for path in root.rglob("*") if path.is_file()}
+    out = tmp_path / "P3M-style"
+    out.mkdir()
+    (out / "mask").symlink_to(root / "mask")
+    status, err = run(capsys, root, "-o", out, "--dataset")
+    assert status == 1 and {path: path.read_bytes() for path in root.rglob("*") if path.is_file()} == before
+    assert f"error: {out / 'mask' / 'p_a09f6d7a.png'}: refused" in err and "0 mattes written" in err
+    assert err.count("\n") == 2
+    assert not (out / "blurred_image").exists() or not any((out / "blurred_image").iterdir())
+
+
 def test_cli_mirrors_library_constants():
     from p3m.cli import anonymize as command
 

@@ -193,7 +193,7 @@ def test_fcp_sample_carries_the_source_face(data_root, faces):
 
 # ----------------------------------------------------------------------------- feature level (model hook)
 
-@pytest.mark.parametrize("model_name", ["resnet34", "vitae-s"])
+@pytest.mark.parametrize("model_name", ["resnet34", "vitae-s", "swin-t"])
 def test_fcp_changes_features_only_inside_the_downsampled_mask(model_name):
     torch.manual_seed(0)
     model = create_model(model_name).eval()

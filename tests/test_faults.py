@@ -157,6 +157,40 @@ def test_anonymize_does_not_write_through_a_symlinked_subfolder(tmp_path, capsys
     assert list(outside.iterdir()) == []
 
 
+@pytest.mark.parametrize("swapped", ["out/sub", "masks/sub", "out/mask/sub"])
+def test_anonymize_writes_are_guarded_when_a_folder_becomes_a_link_mid_run(tmp_path, capsys, monkeypatch, swapped):
+    """Images, face masks and --dataset mattes: a folder of OUT (or of --masks) swapped for a link into the
+    inputs after the up-front checks is refused at the write, and nothing of the inputs changes."""
+    import p3m.privacy.files as files
+
+    photos = _photos(tmp_path / "photos" / "sub", 1).parent
+    argv = ["anonymize", str(photos), "-o", str(tmp_path / "out"), "--quiet"]
+    if swapped == "out/mask/sub":
+        (photos / "mask" / "sub").mkdir(parents=True)
+        Image.fromarray(np.full((96, 80), 255, np.uint8)).save(photos / "mask" / "sub" / "photo0.png")
+        argv.append("--dataset")
+    else:
+        argv += ["--masks", str(tmp_path / "masks")]
+    before = _snapshot(photos)
+    read_source = files._read_source
+
+    def swap_then_read(path):
+        folder = tmp_path / swapped
+        if not folder.is_symlink():  # once, when the source is read (a JPEG output is read back too)
+            if folder.is_dir():
+                folder.rmdir()
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            folder.symlink_to(photos / Path(swapped).relative_to(Path(swapped).parts[0]))
+        return read_source(path)
+
+    monkeypatch.setattr(files, "_read_source", swap_then_read)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    (error,) = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert "outside the output folder" in error and err.count("\n") == 2
+    assert _snapshot(photos) == before
+
+
 def test_training_logs_are_not_appended_through_links(tmp_path):
     from p3m.io import UnsafeOutputError
     from p3m.train.distributed import DistInfo
@@ -246,8 +280,9 @@ def test_matte_killed_during_a_batch_resumes_to_complete_outputs(tmp_path, r34_c
 def test_ctrl_c_during_anonymize_still_writes_the_report(tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
-    for index in range(40):
-        (photos / f"p{index:02d}.jpg").write_bytes((FIXTURES / "portraits" / "p_015cd10e.jpg").read_bytes())
+    portrait = np.asarray(Image.open(FIXTURES / "portraits" / "p_015cd10e.jpg"))
+    for index in range(40):  # each one different: the detector does not reuse what it found in the one before
+        Image.fromarray(np.roll(portrait, 7 * index, axis=1)).save(photos / f"p{index:02d}.jpg", quality=90)
     out, report = tmp_path / "out", tmp_path / "report.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen([sys.executable, "-m", "p3m", "anonymize", str(photos), "-o", str(out), "--report",

@@ -241,6 +241,28 @@ def test_writer_does_not_follow_a_symlinked_folder_out_of_the_root(tmp_path):
     assert [p.name for p in outside.iterdir()] == ["a.png"]
 
 
+def test_removing_an_output_keeps_to_the_root_and_spares_inputs_and_link_targets(tmp_path):
+    from p3m.io import OutputFolder, UnsafeOutputError
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "a.png").write_bytes(b"precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub").symlink_to(outside)
+    (out / "link.png").symlink_to(outside / "a.png")
+    (out / "photo.jpg").write_bytes(b"input")
+    (out / "done.png").write_bytes(b"output")
+    folder = OutputFolder(out, [out / "photo.jpg"])
+    for refused in (out / "sub" / "a.png", out / "photo.jpg", out / ".." / "outside" / "a.png"):
+        with pytest.raises(UnsafeOutputError, match="refused"):
+            folder.remove(refused)
+    assert folder.remove(out / "link.png") and folder.remove(out / "done.png")
+    assert not folder.remove(out / "done.png") and not folder.remove(out / "new" / "x.png")
+    assert (outside / "a.png").read_bytes() == b"precious" and (out / "photo.jpg").read_bytes() == b"input"
+    assert sorted(p.name for p in out.iterdir()) == ["photo.jpg", "sub"]
+
+
 def test_log_appends_refuse_a_symlink(tmp_path):
     from p3m.io import UnsafeOutputError, append_text
 

@@ -17,6 +17,7 @@ from p3m.io import read_image
 from p3m.privacy import Face
 from p3m.privacy.detector import MODEL_PATH, MODEL_SHA256
 from p3m.privacy.obfuscate import DEFAULT_FEATHER, DEFAULT_MARGIN, FILL_COLOR
+from p3m.privacy.pipeline import TIGHT_FEATHER, TIGHT_MARGIN
 
 PORTRAITS = Path(__file__).parent / "fixtures" / "portraits"
 # Faces annotated by eye on the fixtures: (centre x, centre y, height from hairline to chin).
@@ -316,9 +317,13 @@ def test_anonymize_for_model():
     seen = privacy.anonymize_for_model(image)
     assert seen.shape == image.shape and seen.dtype == np.uint8
     assert privacy.verify(seen) == []
-    assert np.array_equal(seen, privacy.obfuscate(image, [face], "blur"))
-    radius = ellipse_radius(face, image.shape)
-    assert np.array_equal(seen[radius > 1 + DEFAULT_FEATHER], image[radius > 1 + DEFAULT_FEATHER])
+    # the blur stays within the face box's ellipse and a narrow soft edge: the hair around it is left as it is
+    assert np.array_equal(seen, privacy.obfuscate(image, [face], "blur", TIGHT_MARGIN, TIGHT_FEATHER))
+    ys, xs = np.mgrid[: image.shape[0], : image.shape[1]]
+    radius = privacy.face_ellipse(face, TIGHT_MARGIN).radius(xs + 0.5, ys + 0.5)
+    assert np.array_equal(seen[radius > 1 + TIGHT_FEATHER], image[radius > 1 + TIGHT_FEATHER])
+    assert np.count_nonzero(np.any(seen != image, axis=2)) < 0.6 * np.count_nonzero(
+        np.any(privacy.obfuscate(image, [face], "blur") != image, axis=2))
     faceless = load("p_a09f6d7a")
     untouched = privacy.anonymize_for_model(faceless)
     assert np.array_equal(untouched, faceless) and untouched is not faceless
@@ -355,7 +360,8 @@ def test_anonymized_file_is_converted_to_srgb_and_carries_no_profile(tmp_path, m
     monkeypatch.setattr(Image, "open", lambda *args, **kwargs: opened.append(args[0]) or real_open(*args, **kwargs))
     report = privacy.anonymize_file(source, output)
     monkeypatch.undo()
-    assert report.status == "no_faces" and len(opened) == 1  # one decode of the source
+    lossy = name.endswith(".jpg")  # the JPEG written is read back once, to be searched as encoded
+    assert report.status == "no_faces" and len(opened) == 1 + lossy  # one decode of the source
     assert b"SECRET-PROFILE" not in output.read_bytes()
     with Image.open(output) as written:
         assert written.mode == {"CMYK": "RGB"}.get(mode, mode) and "icc_profile" not in written.info
@@ -370,15 +376,20 @@ def test_anonymized_file_is_converted_to_srgb_and_carries_no_profile(tmp_path, m
 # --- search geometry ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("length", [1, 300, 2048, 2049, 2750, 7500, 20000])
-def test_tiles_cover_every_face_up_to_the_overlap_whole(length):
-    from p3m.privacy.detector import _OVERLAP, _TILE, _spans
+@pytest.mark.parametrize("shape", [(1, 1), (300, 8250), (2063, 2750), (2064, 2912), (4125, 5500), (206, 100000),
+                                   (20000, 20000)])
+def test_tiles_cover_every_face_up_to_the_overlap_whole(shape):
+    from p3m.privacy.detector import _OVERLAP, _TILE_PIXELS, _tiles
 
-    spans = _spans(length)
-    assert spans[0].start == 0 and spans[-1].stop == length
-    assert all(span.stop - span.start <= _TILE for span in spans)
-    for before, after in zip(spans, spans[1:]):
-        assert before.stop - after.start >= _OVERLAP  # a window of _OVERLAP px anywhere lies inside one tile
+    tiles = _tiles(shape)
+    assert all((rows.stop - rows.start) * (cols.stop - cols.start) <= _TILE_PIXELS for rows, cols in tiles)
+    for axis, length in enumerate(shape):
+        spans = sorted({tile[axis].start: tile[axis] for tile in tiles}.values(), key=lambda span: span.start)
+        assert spans[0].start == 0 and spans[-1].stop == length
+        for before, after in zip(spans, spans[1:]):
+            assert before.stop - after.start >= _OVERLAP  # a window of _OVERLAP px anywhere lies inside one tile
+    if shape[0] * shape[1] <= _TILE_PIXELS:
+        assert len(tiles) == 1
 
 
 def test_fragments_and_repeats_of_one_face_are_merged():
@@ -407,3 +418,55 @@ def test_turned_faces_are_found_and_mapped_back(turns):
     expected = (*corners.min(axis=0), *corners.max(axis=0))
     assert iou(face.box, expected) > 0.6
     assert privacy.anonymize(np.ascontiguousarray(np.rot90(image, turns))).verified
+
+
+def test_a_tile_searched_again_after_a_local_change_finds_what_a_fresh_search_finds(monkeypatch):
+    from p3m.privacy.detector import FaceDetector
+
+    suite = _suite()
+    photo = suite.background(1600, 2400)
+    suite.paste(photo, suite.head("p_bac3c1ff", 90), 300, 500)
+    detector = FaceDetector()
+    (first,) = detector(photo)
+    changed = privacy.obfuscate(photo, [first], "blur")
+    suite.paste(changed, suite.head("p_07141906", 70), 1800, 900)  # a face where there was none
+
+    searched = []
+    run = FaceDetector._run
+    monkeypatch.setattr(FaceDetector, "_run",
+                        lambda self, tile, *args: searched.append(tile.size) or run(self, tile, *args))
+    again = detector(changed)
+    windowed, searched[:] = sum(searched), []
+    fresh = FaceDetector()(changed)
+    assert windowed < 0.5 * sum(searched)
+    assert len(again) == len(fresh) == 1 and iou(again[0].box, fresh[0].box) > 0.95
+    assert 1800 < centre(again[0])[0] < 1800 + 70 * 2.6
+
+
+@pytest.mark.parametrize("name, searched_again", [("photo.jpg", True), ("photo.gif", True), ("photo.png", False)])
+def test_a_lossy_output_is_searched_as_encoded(tmp_path, monkeypatch, name, searched_again):
+    """Verification passes on the pixels given to the encoder; a face detectable only in the encoded
+    JPEG or GIF still means nothing is written, and an earlier output is removed."""
+    from PIL import Image
+
+    from p3m.privacy import files
+
+    source, output = tmp_path / name, tmp_path / "out" / name
+    Image.fromarray(np.full((48, 64, 3), 128, np.uint8)).save(source)
+    output.parent.mkdir()
+    output.write_bytes(b"an earlier run's output")
+    searched = []
+
+    def detect(frame, threshold, detector):
+        searched.append(frame.image.shape)
+        return [Face((4, 4, 40, 40), 0.51, ((20, 20),) * 5)] if len(searched) > 2 else []  # found only after detection + check
+
+    monkeypatch.setattr(files, "_detect", detect)
+    report = privacy.anonymize_file(source, output)
+    if searched_again:
+        assert report.status == "not_anonymized" and "once encoded" in report.error and "0.51" in report.error
+        assert not output.exists() and report.output is None
+        assert list(output.parent.iterdir()) == []  # no temporary left either
+    else:
+        assert report.status == "no_faces" and len(searched) == 2
+        assert output.read_bytes() != b"an earlier run's output"

@@ -298,12 +298,12 @@ def test_failed_verification_is_422_without_an_image(client, monkeypatch):
 
 
 def test_a_failed_write_is_a_500_without_paths_or_traceback(client, monkeypatch):
-    import p3m.privacy.files as files
+    from p3m.io import OutputFolder
 
-    def full_disk(path, write, **guards):
+    def full_disk(self, path, write, fsync=True):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(files, "atomic_write", full_disk)
+    monkeypatch.setattr(OutputFolder, "write", full_disk)
     response = client.post("/v1/anonymize", files=upload(portrait_png()))
     assert response.status_code == 500
     assert response.json() == {"error": "the anonymized image could not be written; the server log has the details"}

@@ -187,3 +187,14 @@ def test_unreadable_images_everywhere_are_one_dataset_error(tmp_path):
         sample.image.write_bytes(b"")
     with pytest.raises(DatasetError, match="cannot be read"):
         dataset[(0, (0, 0, 0))]
+
+
+def test_a_missing_image_or_alpha_folder_is_named_by_both_readers_of_the_training_split(tmp_path):
+    from p3m.data.prepare import prepare_fgbg
+
+    (tmp_path / "train" / "blurred_image").mkdir(parents=True)
+    message = r"train/mask: missing \(alpha folder of the training split\)"
+    with pytest.raises(DatasetError, match=message):
+        find_train_files(tmp_path)
+    with pytest.raises(NotADirectoryError, match=message):
+        prepare_fgbg(tmp_path)

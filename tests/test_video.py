@@ -1,8 +1,10 @@
 """Videos: PyAV reader and writer, `p3m matte` on video files, temporal smoothing, bad input."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from fractions import Fraction
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,7 +18,10 @@ from p3m.inference.video import TemporalSmoother, VideoOptions, matte_video, vid
 from p3m.io import read_image  # noqa: E402
 from p3m.io.video import VideoReader, VideoReadError, VideoWriter  # noqa: E402
 
-AUDIO_RATE = 16000
+_spec = importlib.util.spec_from_file_location("face_clips", Path(__file__).parent / "fixtures" / "face_clips.py")
+face_clips = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(face_clips)
+write_clip, write_sound = face_clips.write_clip, face_clips.write_sound
 
 
 def _scene(index: int, height: int, width: int) -> np.ndarray:
@@ -28,62 +33,10 @@ def _scene(index: int, height: int, width: int) -> np.ndarray:
     return image
 
 
-def _write_clip(path, width=320, height=240, frames=50, rate=25, rotation=0, hflip=False, audio=True,
-                pts=None, time_base=None):
-    """A test clip: H.264 4:2:0, optional display rotation, optional mono AAC tone for the clip's duration."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    container = av.open(str(path), "w")
-    video = container.add_stream("libx264", rate=rate)
-    video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-    if time_base is not None:
-        video.time_base = video.codec_context.time_base = time_base
-    if rotation or hflip:
-        video.set_display_rotation(rotation, hflip=hflip)
-    sound = container.add_stream("aac", rate=AUDIO_RATE, layout="mono") if audio else None
-    for index in range(frames):
-        frame = av.VideoFrame.from_ndarray(_scene(index, height, width), format="rgb24")
-        if pts is not None:
-            frame.pts, frame.time_base = pts[index], time_base
-        container.mux(video.encode(frame))
-    container.mux(video.encode(None))
-    if sound is not None:
-        samples = (0.3 * np.sin(2 * np.pi * 440 * np.arange(frames * AUDIO_RATE // rate) / AUDIO_RATE))
-        samples = samples.astype(np.float32)[None]
-        for start in range(0, samples.shape[1], 1024):
-            chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start:start + 1024]), format="flt",
-                                               layout="mono")
-            chunk.sample_rate, chunk.pts = AUDIO_RATE, start
-            container.mux(sound.encode(chunk))
-        container.mux(sound.encode(None))
-    container.close()
-    return path
-
-
-def _audio_only(path):
-    container = av.open(str(path), "w")
-    sound = container.add_stream("aac", rate=AUDIO_RATE, layout="mono")
-    for index in range(10):
-        chunk = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="flt", layout="mono")
-        chunk.sample_rate, chunk.pts = AUDIO_RATE, index * 1024
-        container.mux(sound.encode(chunk))
-    container.mux(sound.encode(None))
-    container.close()
-    return path
-
-
-def _video_stream_without_frames(path):
-    """A Matroska file whose video stream holds no frame (its audio keeps the file valid)."""
-    container = av.open(str(path), "w")
-    video = container.add_stream("libx264", rate=25)
-    video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
-    sound = container.add_stream("aac", rate=AUDIO_RATE, layout="mono")
-    for index in range(10):
-        chunk = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="flt", layout="mono")
-        chunk.sample_rate, chunk.pts = AUDIO_RATE, index * 1024
-        container.mux(sound.encode(chunk))
-    container.mux(sound.encode(None))
-    container.close()
-    return path
+def _write_clip(path, width=320, height=240, frames=50, audio=True, **options):
+    """A clip of :func:`_scene` frames (H.264 4:2:0), with a mono AAC tone unless ``audio`` is False;
+    ``options`` as in ``face_clips.write_clip`` (rate, rotation, hflip, pts, time_base)."""
+    return write_clip(path, (_scene(index, height, width) for index in range(frames)), audio=audio, **options)
 
 
 def _bad_videos(folder):
@@ -95,8 +48,8 @@ def _bad_videos(folder):
     data = clip.read_bytes()
     (folder / "truncated.mp4").write_bytes(data[: len(data) // 2])
     clip.unlink()
-    _audio_only(folder / "sound_only.mp4")
-    _video_stream_without_frames(folder / "no_frames.mkv")
+    write_sound(folder / "sound_only.mp4")
+    write_sound(folder / "no_frames.mkv", empty_video=True)
     os.mkfifo(folder / "pipe.mp4")
     return {"pipe.mp4": "not a regular file",
             "notes.mp4": "not a video file, or truncated", "playlist.mp4": "not a video file, or truncated",

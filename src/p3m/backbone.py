@@ -1,9 +1,14 @@
 """Initialising a P3M-Net encoder from ImageNet weights.
 
 Accepted files: the official ``r34mp_pretrained_imagenet.pth.tar`` (a ResNet-34
-max-pool state dict) and ``vitae_pretrained_ckpt.pth.tar`` (ViTAE-S, under
-``state_dict_ema``, which the official code loads), standard ResNet-34 ImageNet
-weights (torchvision names; the shapes are the same); state dicts bare or under
+max-pool state dict), ``vitae_pretrained_ckpt.pth.tar`` (ViTAE-S, under
+``state_dict_ema``, which the official code loads) and
+``swin_pretrained_epoch_299.pth`` (Swin-T with P3M's pooling stem), standard
+ResNet-34 ImageNet weights (torchvision names; the shapes are the same) and
+standard Swin-T ImageNet weights (Microsoft / timm names: the transformer
+blocks and final norm load; the 4x4 patch embedding and the patch merging
+differ from P3M's convolutional stem and max-pool merging, so those stay at
+their initialisation and the report lists them); state dicts bare or under
 ``state_dict_ema``/``state_dict``/``model``, keys possibly prefixed ``module.``.
 Tensors are mapped onto ``model.encoder`` by name; the report says what loaded
 and what did not.

@@ -116,8 +116,8 @@ def _outputs(pairs: list, out: Path) -> list[Path]:
     return [next(clips) if video else next(images) for video in videos]
 
 
-def _check_report(args, pairs, outputs, masks, mattes) -> None:
-    """Refuse a --report that would replace an input or one of the run's outputs."""
+def _report_guard(args, pairs, outputs, masks, mattes):
+    """The files --report may not replace (the run's inputs and outputs); refused up front when it would."""
     from p3m.io import RunInputs, UnsafeOutputError, check_destination
 
     protected = RunInputs([source for source, _ in pairs] + list(outputs) + [m for m in masks if m is not None]
@@ -127,17 +127,28 @@ def _check_report(args, pairs, outputs, masks, mattes) -> None:
     except UnsafeOutputError:
         raise CommandError(f"--report {args.report} is an input or an output of this run; "
                            "choose another file for the report") from None
+    return protected
 
 
-def _guard_folders(outputs: list, out_root: Path, masks_root: Path | None, masks: list) -> dict:
+def _output_folders(args, pairs: list, mattes: list):
+    """The guarded folders of the run: OUT, and the face masks' (OUT itself in dataset mode), both
+    protecting every file the run reads (images, videos and dataset mattes)."""
+    from p3m.io import OutputFolder, RunInputs, UnsafeOutputError
+
+    inputs = RunInputs([source for source, _ in pairs] + [matte[0] for matte in mattes if matte is not None])
+    try:
+        out = OutputFolder(args.output, inputs)
+        return out, OutputFolder(args.masks, inputs) if args.masks else out
+    except UnsafeOutputError as error:
+        raise CommandError(str(error)) from None
+
+
+def _guard_folders(out_folder, outputs: list, masks_folder, masks: list) -> dict:
     """Create each output's folder without following links; a refused destination maps to its reason."""
-    from p3m.io import OutputFolder, UnsafeOutputError
+    from p3m.io import UnsafeOutputError
 
     refused = {}
-    for root, paths in ((out_root, outputs), (masks_root, masks)):
-        if root is None:
-            continue
-        folder = OutputFolder(root)
+    for folder, paths in ((out_folder, outputs), (masks_folder, masks)):
         for path in paths:
             if path is None:
                 continue
@@ -158,8 +169,8 @@ def run(args: argparse.Namespace) -> int:
     if args.audit_originals and not html_report:
         raise CommandError("--audit-originals needs an HTML --report (FILE.html)")
     pairs, outputs, masks, mattes = _plan(args)
-    if args.report:
-        _check_report(args, pairs, outputs, masks, mattes)
+    protected = _report_guard(args, pairs, outputs, masks, mattes) if args.report else None
+    out_folder, masks_folder = _output_folders(args, pairs, mattes)
 
     from tqdm import tqdm
 
@@ -173,17 +184,20 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise CommandError(str(error)) from None
     reports = []
-    refused = _guard_folders(outputs, Path(args.output), Path(args.masks) if args.masks else None, masks)
+    job_mattes = mattes or [None] * len(pairs)
+    matte_targets = [matte[1] if matte is not None else None for matte in job_mattes]
+    refused = _guard_folders(out_folder, outputs + matte_targets, masks_folder, masks)
     if args.dataset:
         refused.update({output: f"{source}: a video cannot go into a --dataset tree (P3M-10k holds images); "
                                 "anonymize videos without --dataset"
                         for (source, _), output in zip(pairs, outputs) if is_video_file(source)})
-    jobs = [(source, output, mask, refused.get(output) or refused.get(mask), matte, Path(args.output))
-            for (source, _), output, mask, matte in zip(pairs, outputs, masks, mattes or [None] * len(pairs))]
+    jobs = [(source, output, mask, refused.get(output) or refused.get(mask) or refused.get(target), matte)
+            for (source, _), output, mask, matte, target in zip(pairs, outputs, masks, job_mattes, matte_targets)]
     interrupted = False
     try:
         with executor:
-            setup = MediaAnonymizeSetup(args.method, args.threshold, args.verify_threshold, args.strip_audio,
+            setup = MediaAnonymizeSetup(args.method, args.threshold, args.verify_threshold, outputs=out_folder,
+                                        masks=masks_folder, strip_audio=args.strip_audio,
                                         frame_progress=not args.quiet and args.executor == "local")
             for report in executor.map(setup, jobs, progress=not args.quiet and len(jobs) > 1):
                 if not report.ok:
@@ -204,9 +218,11 @@ def run(args: argparse.Namespace) -> int:
         else:
             text = json.dumps([report.to_dict() for report in reports], indent=2) + "\n"
         try:
-            write_text(args.report, text)
+            write_text(args.report, text, inputs=protected)
         except OSError as error:
             raise CommandError(f"{args.report}: cannot write report ({error.strerror or error})") from None
+        except ValueError as error:  # UnsafeOutputError
+            raise CommandError(str(error)) from None
 
     summary = summarize_media(reports)
     if interrupted:

@@ -184,8 +184,9 @@ def _evaluate_dataset(args, evaluation):
     options = {"model": args.model or "resnet34", "weights": args.weights, "method": args.method or "resize",
                "max_size": args.max_size or 1600, "device": args.device or "auto"}
     try:
-        # The official test script scores full-size images: no 1080 px shrinking.
-        matter = p3m.Matter(**options, shorter_side_limit=None)
+        # The official test script scores full-size images: no 1080 px shrinking, and no Swin-T
+        # small-image pass (the official code takes it for samples and RWP only).
+        matter = p3m.Matter(**options, shorter_side_limit=None, small_image_pass=False)
     except (WeightsUnavailableError, CheckpointError, KeyError) as error:
         raise CommandError(str(error).strip("'\"")) from None
     print(f"p3m evaluate: {args.split} with {matter!r}", file=sys.stderr)

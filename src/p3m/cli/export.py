@@ -14,7 +14,7 @@ def add_parser(subparsers) -> None:
         description="Export P3M-Net to ONNX: input `image` (N, 3, H, W) normalised, H and W multiples of 32; "
                     "outputs `global_logits` and `local_alpha`. Run it with "
                     "`p3m matte --engine onnxruntime --weights FILE` or Matter(engine='onnxruntime').")
-    parser.add_argument("--model", default="resnet34", help="resnet34 (default) or vitae-s")
+    parser.add_argument("--model", default="resnet34", help="resnet34 (default) or vitae-s (swin-t cannot be exported)")
     parser.add_argument("--weights", type=Path, help="a local checkpoint instead of the official weights")
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="FILE", help="the .onnx file to write")
     parser.set_defaults(handler=run)
@@ -31,8 +31,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         spec = get_spec(args.model)
         network = load_weights(spec.build(), resolve(spec.name, args.weights), spec.name)
+        export_onnx(network, spec, args.output)
     except (WeightsUnavailableError, CheckpointError, KeyError, ValueError) as error:
         raise CommandError(str(error).strip("'\"")) from None
-    export_onnx(network, spec, args.output)
     print(f"p3m export: {spec.name} -> {args.output}", file=sys.stderr)
     return 0

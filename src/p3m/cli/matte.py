@@ -23,7 +23,7 @@ def add_parser(subparsers) -> None:
                         help="image and video files, folders (recursive), globs or http(s) URLs")
     parser.add_argument("-o", "--out-dir", dest="out_dir", required=True, type=Path, metavar="OUT",
                         help="output folder")
-    parser.add_argument("--model", default="resnet34", help="resnet34 (default) or vitae-s")
+    parser.add_argument("--model", default="resnet34", help="resnet34 (default), vitae-s or swin-t")
     parser.add_argument("--weights", type=Path, help="a local checkpoint instead of the official weights")
     parser.add_argument("--method", default="hybrid", type=str.lower, choices=("hybrid", "resize"),
                         help="hybrid: global 1/2 + local full scale (default); resize: one pass at 1/2")

@@ -17,7 +17,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    parser.add_argument("--model", default="resnet34", help="resnet34 (default) or vitae-s")
+    parser.add_argument("--model", default="resnet34", help="resnet34 (default), vitae-s or swin-t")
     parser.add_argument("--weights", type=Path, help="a local checkpoint instead of the official weights")
     parser.add_argument("--method", default="hybrid", type=str.lower, choices=("hybrid", "resize"),
                         help="default method of /v1/matte (requests may choose): hybrid (default) or resize")

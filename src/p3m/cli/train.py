@@ -45,7 +45,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--force", action="store_true",
                         help="resume even though the training files or the settings of a step changed")
     model = parser.add_argument_group("model")
-    model.add_argument("--model", help="registry name: resnet34 (default), vitae-s")
+    model.add_argument("--model", help="registry name: resnet34 (default), vitae-s, swin-t")
     model.add_argument("--backbone-weights", metavar="FILE|imagenet|none",
                        help="encoder initialisation: imagenet (default: the official ImageNet file, downloaded once; "
                             "see 'p3m weights list'), a file (e.g. r34mp_pretrained_imagenet.pth.tar, torchvision "

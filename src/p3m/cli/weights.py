@@ -38,7 +38,7 @@ def list_weights(args: argparse.Namespace) -> int:
             print(f"{'':<18} {reason}")
     for model in list_models():
         if model not in names:
-            print(f"{model:<18} (no published weights)")
+            print(f"{model:<18} (no trained P3M-Net weights are published: train it with p3m train --model {model})")
     return 0
 
 

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from io import BytesIO
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
 
-from p3m.inference.compose import FOREGROUND_MODES, Background, alpha_to_uint, composite, cutout, foreground_rgb8
+from p3m.inference.compose import FOREGROUND_MODES, Background, output_images
 from p3m.inference.matter import Matter, MatteResult
 from p3m.inference.video import VideoOptions, matte_video, video_targets
 from p3m.io import ImageReadError, OutputFolder, UnsafeOutputError, output_complete
@@ -98,24 +98,6 @@ def has_pending_work(pairs: Sequence[tuple[Path, Path]], out_dir: os.PathLike, o
                for path in output_targets(Path(out_dir), relative, options.outputs, options.frames).values())
 
 
-def output_images(result: MatteResult, kinds: Sequence[str], options: MatteOptions,
-                  background: Background | None) -> Iterator[tuple[str, np.ndarray]]:
-    """Each requested kind for one result, one at a time: alpha (H, W) uint8 or uint16,
-    rgba (H, W, 4) uint8, composite (H, W, 3) uint8, trimap (H, W) uint8."""
-    colour = None
-    if "rgba" in kinds or "composite" in kinds:
-        colour = foreground_rgb8(result.image, result.alpha, options.foreground)
-    for kind in kinds:
-        if kind == "alpha":
-            yield kind, alpha_to_uint(result.alpha, options.alpha_depth)
-        elif kind == "rgba":
-            yield kind, cutout(colour, result.alpha)
-        elif kind == "composite":
-            yield kind, composite(colour, result.alpha, background.for_size(*result.alpha.shape))
-        else:
-            yield kind, result.trimap
-
-
 def encode_png(image: np.ndarray, compress_level: int = DEFAULT_PNG_COMPRESSION) -> bytes:
     """The PNG bytes of an output image, as ``p3m matte`` writes them (and ``p3m serve`` returns them)."""
     buffer = BytesIO()
@@ -129,7 +111,7 @@ def write_outputs(result: MatteResult, targets: dict[str, Path], options: MatteO
     ``outputs`` when given (else guarded only by the targets' common folder)."""
     if outputs is None:
         outputs = OutputFolder(Path(os.path.commonpath([path.parent for path in targets.values()])), clean=False)
-    for kind, image in output_images(result, tuple(targets), options, background):
+    for kind, image in output_images(result, tuple(targets), options.foreground, options.alpha_depth, background):
         data = encode_png(image, options.png_compression)
         outputs.write(targets[kind], lambda tmp: tmp.write_bytes(data))
 

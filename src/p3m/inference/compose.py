@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import cv2
 import numpy as np
 from PIL import ImageColor
 
 from p3m.io import read_image
+
+if TYPE_CHECKING:
+    from p3m.inference.matter import MatteResult
 
 FOREGROUND_MODES = ("estimate", "ml", "original")
 # Box sizes of the successive blur-fusion passes, in pixels of a matte with a 1080-px
@@ -243,6 +247,29 @@ def composite(foreground: np.ndarray, alpha: np.ndarray, background: np.ndarray)
         mixed += (background[rows].astype(np.float32) / 255.0) * (1.0 - weight)
         blended[rows] = np.rint(np.clip(mixed, 0.0, 1.0) * 255)
     return blended
+
+
+def output_images(result: MatteResult, kinds: Sequence[str], foreground: str = "estimate", alpha_depth: int = 8,
+                  background: Background | None = None) -> Iterator[tuple[str, np.ndarray]]:
+    """Each requested kind of output for one matte, one at a time, in the order of ``kinds``.
+
+    alpha: (H, W) uint8 or uint16 (``alpha_depth`` 8 or 16); rgba: (H, W, 4)
+    uint8 cutout; composite: (H, W, 3) uint8 over ``background``; trimap:
+    (H, W) uint8. The foreground colour (``foreground`` mode) is estimated
+    once, and only when rgba or composite is asked for.
+    """
+    colour = None
+    if "rgba" in kinds or "composite" in kinds:
+        colour = foreground_rgb8(result.image, result.alpha, foreground)
+    for kind in kinds:
+        if kind == "alpha":
+            yield kind, alpha_to_uint(result.alpha, alpha_depth)
+        elif kind == "rgba":
+            yield kind, cutout(colour, result.alpha)
+        elif kind == "composite":
+            yield kind, composite(colour, result.alpha, background.for_size(*result.alpha.shape))
+        else:
+            yield kind, result.trimap
 
 
 def parse_colour(text: str) -> tuple[int, int, int]:

@@ -11,7 +11,7 @@ import numpy as np
 
 from p3m.inference.devices import resolve_device  # noqa: F401  (re-exported: p3m.train uses the same rule)
 from p3m.inference.engines import create_engine
-from p3m.inference.pipeline import STRATEGIES, Method, smallest_supported_side
+from p3m.inference.pipeline import Method, matte, smallest_supported_side
 from p3m.io import ImageInput, ImageReadError, read_image
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class Matter:
     """Portrait matting with a P3M-Net variant; the network is built and loaded once.
 
     Args:
-        model: registry name, ``resnet34`` or ``vitae-s``.
+        model: registry name, ``resnet34``, ``vitae-s`` or ``swin-t``.
         weights: a checkpoint file; ``None`` uses the cached official weights,
             downloading them on first use.
         method: ``hybrid`` (global at 1/2 scale, local at full scale) or ``resize``
@@ -64,6 +64,10 @@ class Matter:
             ``p3m export`` (``weights`` is that file, and it names the model) and
             needs no PyTorch. ``matter.engine`` and ``matter.precision`` are these names;
             ``matter.runtime`` is the engine object (:mod:`p3m.inference.engines`).
+        small_image_pass: for a variant whose official sample inference treats small
+            images apart (Swin-T: a side under 512), matte them in its one enlarged
+            pass (``p3m.models.ModelSpec.small_image_side``); ``False`` runs the method
+            as for any image, as the official P3M-500 evaluation does.
 
     Images too small for a 1/2-scale pass of 32 px (shorter side < 64) are
     upscaled to a shorter side of 64 for inference; the alpha is resized back.
@@ -72,7 +76,7 @@ class Matter:
     def __init__(self, model: str = "resnet34", weights: str | os.PathLike | None = None,
                  method: str = "hybrid", max_size: int = 1600, device: str = "auto",
                  shorter_side_limit: int | None = OFFICIAL_SHORTER_SIDE_LIMIT, privacy: bool = False,
-                 precision: str = "fp32", engine: str = "torch"):
+                 precision: str = "fp32", engine: str = "torch", small_image_pass: bool = True):
         self.method = Method.parse(method)
         if max_size < 32:
             raise ValueError(f"max_size must be at least 32, got {max_size}")
@@ -82,6 +86,7 @@ class Matter:
         self.runtime = create_engine(engine, model=model, weights=weights, device=device, precision=precision)
         self.engine = str(engine).lower()
         self.precision = self.runtime.precision
+        self.small_image_side = self.runtime.small_image_side if small_image_pass else None
 
     @property
     def model_name(self) -> str:
@@ -131,8 +136,7 @@ class Matter:
 
             seen, record = hide_faces_for_model(rgb)
         working = _working_image(seen, self.shorter_side_limit)
-        strategy = STRATEGIES[self.method]
-        alpha, trimap = strategy(self.runtime, working, self.max_size)
+        alpha, trimap = matte(self.runtime, working, self.method, self.max_size, self.small_image_side)
         if working.shape[:2] != (height, width):
             alpha = np.clip(cv2.resize(alpha, (width, height), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
             trimap = cv2.resize(trimap, (width, height), interpolation=cv2.INTER_NEAREST)

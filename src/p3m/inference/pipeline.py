@@ -119,6 +119,25 @@ def resize_method(engine: Engine, image: np.ndarray, max_size: int) -> tuple[np.
     return alpha, _nearest(single.trimap, height, width)
 
 
+def small_image(engine: Engine, image: np.ndarray, max_size: int, min_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """The official Swin-T path for an image with a side under ``min_side``, for either method:
+    one pass at ``ratio = max(min_side / H, min_side / W)``; its fused alpha is resized to full size."""
+    height, width = image.shape[:2]
+    ratio = max(min_side / height, min_side / width)
+    single = run_pass(engine, image, pass_size(height, width, ratio, max_size))
+    alpha = resize(single.fused_alpha, (height, width)).astype(np.float32)
+    return alpha, _nearest(single.trimap, height, width)
+
+
+def matte(engine: Engine, image: np.ndarray, method: Method, max_size: int,
+          small_image_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Alpha ((H, W) float32 in [0, 1]) and trimap ((H, W) uint8) of ``image`` by ``method``,
+    or by :func:`small_image` when a side is under ``small_image_side``."""
+    if small_image_side is not None and min(image.shape[:2]) < small_image_side:
+        return small_image(engine, image, max_size, small_image_side)
+    return STRATEGIES[method](engine, image, max_size)
+
+
 def _nearest(trimap: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(trimap, (width, height), interpolation=cv2.INTER_NEAREST)
 

@@ -24,7 +24,7 @@ from typing import Callable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from p3m.inference.compose import Background, alpha_to_uint, composite, cutout, foreground_rgb8
+from p3m.inference.compose import Background, output_images
 from p3m.inference.matter import Matter, MatteResult
 from p3m.io import atomic_write, save_image
 from p3m.io.video import VIDEO_CODECS, VideoFrame, VideoReader, VideoWriter
@@ -138,23 +138,6 @@ class VideoOptions:
     png_compression: int = 1  # zlib level of PNG frames, as p3m.inference.batch's default
 
 
-def _frame_images(result: MatteResult, kinds: Sequence[str], options: VideoOptions, depth: int) -> dict[str, np.ndarray]:
-    colour = None
-    if "rgba" in kinds or "composite" in kinds:
-        colour = foreground_rgb8(result.image, result.alpha, options.foreground)  # as p3m.inference.batch
-    images = {}
-    for kind in kinds:
-        if kind == "alpha":
-            images[kind] = alpha_to_uint(result.alpha, depth)
-        elif kind == "trimap":
-            images[kind] = result.trimap
-        elif kind == "rgba":
-            images[kind] = cutout(colour, result.alpha)
-        else:
-            images[kind] = composite(colour, result.alpha, options.background.for_size(*result.alpha.shape))
-    return images
-
-
 def _atomic_folder(path: Path, write: Callable[[Path], None]) -> Path:
     """Fill a temporary folder next to ``path`` with ``write`` and rename it to ``path`` when done."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -226,7 +209,7 @@ def _write_frames(matter: Matter, reader: VideoReader, temporaries: dict[str, Pa
     writers: dict[str, VideoWriter] = {}
 
     def encode(index: int, matte: VideoMatte) -> None:
-        for kind, image in _frame_images(matte.result, kinds, options, depth).items():
+        for kind, image in output_images(matte.result, kinds, options.foreground, depth, options.background):
             if options.frames:
                 save_image(temporaries[kind] / f"{index:06d}.png", image, compress_level=options.png_compression, **guards)
             else:

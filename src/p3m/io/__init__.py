@@ -20,6 +20,7 @@ from p3m.io.write import (
     atomic_write,
     check_destination,
     output_complete,
+    remove_output,
     remove_stale_temporaries,
     save_image,
     write_text,
@@ -28,6 +29,6 @@ from p3m.io.write import (
 __all__ = [
     "ALLOWED_FORMATS", "IMAGE_EXTENSIONS", "TEMP_PATTERN", "ImageInput", "ImageReadError", "OutputFolder", "RunInputs",
     "UnsafeOutputError", "append_text", "atomic_write", "check_destination", "is_image_file", "open_image",
-    "output_complete", "read_image", "read_mask", "remove_stale_temporaries", "save_image", "to_rgb8",
+    "output_complete", "read_image", "read_mask", "remove_output", "remove_stale_temporaries", "save_image", "to_rgb8",
     "write_text",
 ]

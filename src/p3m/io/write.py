@@ -244,6 +244,28 @@ def save_image(path: PathLike, array: np.ndarray, *, root: Optional[PathLike] = 
                         inputs=inputs)
 
 
+def remove_output(path: PathLike, *, root: Optional[PathLike] = None, inputs: Optional[RunInputs] = None) -> bool:
+    """Remove an output file (this or an earlier run's) under the guards of :func:`atomic_write`.
+
+    A link at ``path`` is removed itself, never followed; no folder is created.
+    Returns whether a file was removed.
+
+    Raises:
+        UnsafeOutputError: ``path`` is refused (an input, or outside ``root``), so it is not the run's to remove.
+    """
+    path = check_destination(path, root, inputs)
+    if not os.path.lexists(path):
+        return False
+    folder_fd = _open_folder(path.parent, Path(root) if root is not None else None)
+    try:
+        os.unlink(path.name, dir_fd=folder_fd)
+    except FileNotFoundError:
+        return False
+    finally:
+        os.close(folder_fd)
+    return True
+
+
 def _pillow_format(path: Path) -> str:
     suffix = path.suffix.lower()
     return {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".tif": "TIFF",
@@ -334,6 +356,9 @@ class OutputFolder:
 
     def save_image(self, path: PathLike, array: np.ndarray, **save_options) -> Path:
         return save_image(path, array, root=self.root, inputs=self.inputs, **save_options)
+
+    def remove(self, path: PathLike) -> bool:
+        return remove_output(path, root=self.root, inputs=self.inputs)
 
     def mkdir(self, path: PathLike) -> Path:
         """Create a folder below the root without following links."""

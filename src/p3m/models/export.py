@@ -41,7 +41,11 @@ class ExportWrapper(nn.Module):
 def export_onnx(network: nn.Module, spec: ModelSpec, path: str | os.PathLike,
                 sample_size: tuple[int, int] = (64, 96)) -> Path:
     """Write ``network`` (eval mode, on the CPU) as an ONNX graph with dynamic height and
-    width, atomically. ``sample_size`` is the (H, W) traced through; any multiple of 32 runs."""
+    width, atomically. ``sample_size`` is the (H, W) traced through; any multiple of 32 runs.
+    A ValueError for a variant that cannot be exported (``spec.exportable``)."""
+    if not spec.exportable:
+        raise ValueError(f"model '{spec.name}' cannot be exported to ONNX: its attention masks depend on "
+                         f"the input size, which a traced graph would fix")
     import onnx
 
     wrapper = ExportWrapper(network).eval()

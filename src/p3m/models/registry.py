@@ -51,6 +51,10 @@ class ModelSpec:
     of a mismatching file). ``optional_key`` accepts official keys a file may
     carry or omit (e.g. ViTAE-S Performer features). ``imagenet_weights`` is the
     ImageNet-pretrained encoder the official training starts from.
+    ``small_image_side``: the official inference of this variant runs an image with
+    a side under it as one pass enlarged so that both sides reach it (Swin-T).
+    ``exportable``: a traced ONNX graph of it runs at any size (not Swin-T, whose
+    attention masks are computed in Python for each input size).
     """
 
     name: str
@@ -64,6 +68,8 @@ class ModelSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     optional_key: Callable[[str], bool] = field(default=lambda key: False)
+    small_image_side: int | None = None
+    exportable: bool = True
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -98,4 +104,5 @@ def create_model(name: str) -> nn.Module:
 def _import_variants() -> None:
     # Importing the variant modules registers them.
     from p3m.models import resnet  # noqa: F401
+    from p3m.models import swin  # noqa: F401
     from p3m.models import vitae  # noqa: F401

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import math
 import os
 import threading
@@ -42,15 +43,30 @@ _MAX_UPSCALE = 4.0
 # face-shaped blur (the P3M-10k look) can score like a face, and a real face
 # scores alike at any height, so the floor also keeps blurred faces out.
 _LARGE_FACE = 320
-# Each level is searched in tiles of at most _TILE px a side (bounded memory, about
-# 1 GB), overlapping by _OVERLAP px: a face up to _OVERLAP px tall lies whole in one
-# tile, and a taller one is at least _LARGE_FACE px on the next level.
-_TILE = 2048
+# Each level is searched in tiles of at most _TILE_PIXELS pixels (bounded memory: the
+# network needs about 190 bytes a pixel, 1.1 GB for a tile of 6 MP), overlapping by
+# _OVERLAP px: a face up to _OVERLAP px tall lies whole in one tile, and a taller one is
+# at least _LARGE_FACE px on the next level. Of the grids that fit, the one with the
+# fewest pixels in all is searched.
+_TILE_PIXELS = 6_000_000
 _OVERLAP = 2 * _LARGE_FACE
 _STRIDE = 32  # the network needs input sides divisible by 32
 _NMS_IOU = 0.3
 _CONTAINED = 0.6  # a box lying this much inside a better one is a fragment of the same face
-_CACHE_TILES = 512
+# Levels searched recently are kept (up to _RECENT_BYTES of pixels, _RECENT_VERSIONS
+# versions for each image and level size) with their tiles' detections. When a level is
+# searched again with some pixels changed (an obfuscated image being verified), only
+# windows around the changed regions of each tile are searched: around a changed region
+# of side s (an obfuscated face with its soft edge), detections centred within
+# max(s / 2, _MIN_REACH) px of it are replaced by those of a window reaching that far
+# again, so a face up to s tall centred there lies whole in the window; detections
+# centred elsewhere saw unchanged pixels. A level that keeps only faces taller than a
+# changed region needs no window for it.
+_RECENT_BYTES = 512 * 2**20
+_RECENT_VERSIONS = 4
+_BLOCK = 8  # changes are located to blocks of this many px a side
+_MIN_REACH = 32
+_WINDOWED_SHARE = 0.5  # above this share of a tile's pixels in windows, the whole tile is searched
 
 
 class DetectorError(RuntimeError):
@@ -91,9 +107,10 @@ class FaceDetector:
     and 270 degrees at the scale a ``turned_min_face`` px face needs; each
     level of that pyramid is searched in overlapping tiles of bounded size,
     at any resolution up to Pillow's pixel cap. Boxes are merged across tiles,
-    scales and orientations. Tiles whose pixels were searched recently are
-    not searched again, so verifying an obfuscated image costs only the tiles
-    the obfuscation changed.
+    scales and orientations. Tiles searched recently are remembered: one
+    searched again with some pixels changed is searched only in windows
+    around the changes, so verifying an obfuscated image costs about what
+    the search of its faces' surroundings costs.
 
     Args:
         model_path: ONNX file; defaults to the model shipped with p3m, whose
@@ -130,7 +147,7 @@ class FaceDetector:
         self.input_name = self.session.get_inputs()[0].name
         self.min_size, self.max_size = min_size, max_size
         self.min_face, self.turned_min_face = min_face, turned_min_face
-        self._searched: OrderedDict = OrderedDict()
+        self._recent: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
     def __call__(self, image: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> list[Face]:
@@ -154,8 +171,21 @@ class FaceDetector:
         height, width = image.shape[:2]
         if height == 0 or width == 0:
             return []
+        upright = self.upright_scale(height, width)
+        turned = min(_SEEN_FACE / self.turned_min_face, upright)
         try:
-            found = [face for turns in range(4) for level in self._search(image, turns, threshold) for face in level]
+            levels = _pyramid(_resized_copy(image, upright))
+            # the turned search starts at half the upright scale for most images: the same levels
+            turned_levels = levels[1:] if turned == upright / 2 and len(levels) > 1 else _pyramid(
+                _resized_copy(image, turned))
+            plan: dict[int, tuple[np.ndarray, list]] = {}
+            for index, level in enumerate(levels):
+                plan[id(level)] = (level, [(0, _LARGE_FACE if index else 0.0)])
+            for index, level in enumerate(turned_levels):
+                plan.setdefault(id(level), (level, []))[1].extend(
+                    (turns, _LARGE_FACE if index else 0.0) for turns in (1, 2, 3))
+            found = [face for level, searches in plan.values()
+                     for face in self._search_level(level, searches, threshold, (height, width))]
         except MemoryError:
             raise DetectorError(f"not enough memory to search this {width}x{height} image for faces") from None
         return [face for face in merge(found) if _visible(face.box, width, height)]
@@ -166,44 +196,66 @@ class FaceDetector:
         usual = min(max(1.0, self.min_size / long_side), self.max_size / long_side, _MAX_UPSCALE)
         return max(usual, _SEEN_FACE / self.min_face)
 
-    def _search(self, image: np.ndarray, turns: int, threshold: float):
-        """Faces per level for the image turned ``turns`` x 90 degrees counterclockwise, in image pixels."""
-        height, width = image.shape[:2]
-        scale = self.upright_scale(height, width) if turns == 0 else min(
-            _SEEN_FACE / self.turned_min_face, self.upright_scale(height, width))
-        level = _resize(image, scale)
-        min_height = 0.0
-        while True:
+    def _search_level(self, level: np.ndarray, searches: list, threshold: float, size: tuple[int, int]) -> list:
+        """Faces in one level of the pyramid (the image of ``size`` (height, width) resized), turned
+        ``turns`` x 90 degrees counterclockwise for each (turns, min_height) of ``searches``, in image pixels.
+
+        Where this level was searched recently, only the windows around the pixels changed since are
+        searched again.
+        """
+        height, width = size
+        with self._lock:
+            versions = list(self._recent.get((size, level.shape), []))
+        nearest, changed = None, None
+        for version in versions:
+            differs = _changed_pixels(level, version[0])
+            if changed is None or cv2.countNonZero(differs) < cv2.countNonZero(changed):
+                nearest, changed = version, differs
+        searched, faces = {}, []
+        for turns, min_height in searches:
             turned = np.rot90(level, turns)
-            faces = []
+            turned_changed = np.ascontiguousarray(np.rot90(changed, turns)) if nearest is not None else None
             for rows, cols in _tiles(turned.shape[:2]):
-                boxes, scores, points = self._run_cached(turned[rows, cols], threshold, min_height)
+                place = (turns, threshold, min_height, rows.start, cols.start)
+                before = nearest[1].get(place) if nearest is not None else None
+                tile = turned[rows, cols]
+                tile_changed = turned_changed[rows, cols] if before is not None else None
+                if before is not None and not tile_changed.any():
+                    detections = before
+                elif before is not None and (windows := _changed_windows(tile_changed, min_height)) is not None:
+                    detections = self._search_windows(tile, windows, before, threshold, min_height)
+                elif _flat(tile):
+                    detections = np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))
+                else:
+                    detections = self._run(tile, threshold, min_height)
+                searched[place] = detections
+                boxes, scores, points = detections
                 boxes = boxes + (cols.start, rows.start, cols.start, rows.start)
                 points = points + (cols.start, rows.start)
                 faces.extend(_faces(*_unturned(boxes, scores, points, turns, level.shape[:2]),
                                     width / level.shape[1], height / level.shape[0], coarse=min_height > 0))
-            yield faces
-            level = _resize(level, 0.5)
-            if min(level.shape[:2]) < _LARGE_FACE:
-                return
-            min_height = _LARGE_FACE
+        with self._lock:
+            key = (size, level.shape)
+            same = nearest is not None and not changed.any()
+            kept = [version for version in self._recent.pop(key, []) if not (same and version is nearest)]
+            if same:
+                searched = {**nearest[1], **searched}
+            self._recent[key] = [(level, searched), *kept][:_RECENT_VERSIONS]
+            while len(self._recent) > 1 and sum(
+                    version[0].nbytes for versions in self._recent.values() for version in versions) > _RECENT_BYTES:
+                self._recent.popitem(last=False)
+        return faces
 
-    def _run_cached(self, tile: np.ndarray, threshold: float, min_height: float):
-        """Raw detections in ``tile`` pixels, reused when the same pixels were searched recently."""
-        if (tile == tile[:1, :1]).all():
-            return np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))  # a flat tile shows no face
-        tile = np.ascontiguousarray(tile)
-        key = (hashlib.blake2b(tile.data, digest_size=16).digest(), tile.shape, threshold, min_height)
-        with self._lock:
-            if key in self._searched:
-                self._searched.move_to_end(key)
-                return self._searched[key]
-        detections = self._run(tile, threshold, min_height)
-        with self._lock:
-            self._searched[key] = detections
-            while len(self._searched) > _CACHE_TILES:
-                self._searched.popitem(last=False)
-        return detections
+    def _search_windows(self, tile: np.ndarray, windows: list, before: tuple, threshold: float,
+                        min_height: float):
+        """Detections of a tile whose pixels changed only inside ``windows`` ((x0, y0, x1, y1), reaches):
+        those centred in a reach come from searching its window, the others from ``before``."""
+        parts = [_select(before, ~_centred_in(before[0], [reach for _, reaches in windows for reach in reaches]))]
+        for (x0, y0, x1, y1), reaches in windows:
+            boxes, scores, points = self._run(tile[y0:y1, x0:x1], threshold, min_height)
+            found = (boxes + (x0, y0, x0, y0), scores, points + (x0, y0))
+            parts.append(_select(found, _centred_in(found[0], reaches)))
+        return tuple(np.concatenate([part[index] for part in parts]) for index in range(3))
 
     def _run(self, image: np.ndarray, threshold: float, min_height: float):
         """Raw detections in ``image`` pixels: boxes (N, 4), scores (N,), landmarks (N, 5, 2)."""
@@ -220,17 +272,97 @@ class FaceDetector:
 
 
 def _tiles(shape: tuple[int, int]) -> list[tuple[slice, slice]]:
-    """Overlapping windows (rows, cols) of at most _TILE px a side covering an image of ``shape``."""
-    return [(rows, cols) for rows in _spans(shape[0]) for cols in _spans(shape[1])]
+    """Overlapping windows (rows, cols) of at most _TILE_PIXELS pixels covering an image of ``shape``:
+    of the grids that fit, the one with the fewest pixels in all."""
+    grids = [(len(rows) * len(cols) * (rows[0].stop - rows[0].start) * (cols[0].stop - cols[0].start), rows, cols)
+             for rows in _span_choices(shape[0]) for cols in _span_choices(shape[1])
+             if (rows[0].stop - rows[0].start) * (cols[0].stop - cols[0].start) <= _TILE_PIXELS]
+    _, rows, cols = min(grids, key=lambda grid: (grid[0], len(grid[1]) * len(grid[2])))
+    return [(row, col) for row in rows for col in cols]
 
 
-def _spans(length: int) -> list[slice]:
-    if length <= _TILE:
-        return [slice(0, length)]
-    count = math.ceil((length - _OVERLAP) / (_TILE - _OVERLAP))
-    size = math.ceil((length + (count - 1) * _OVERLAP) / count)
-    starts = [round(index * (length - size) / (count - 1)) for index in range(count)]
-    return [slice(start, start + size) for start in starts]
+def _span_choices(length: int) -> list[list[slice]]:
+    """Ways to cut ``length`` px into equal spans overlapping by _OVERLAP px, down to spans of 2 x _OVERLAP."""
+    choices = [[slice(0, length)]]
+    for count in itertools.count(2):
+        size = math.ceil((length + (count - 1) * _OVERLAP) / count)
+        if size < 2 * _OVERLAP or size >= length:
+            return choices
+        starts = [round(index * (length - size) / (count - 1)) for index in range(count)]
+        choices.append([slice(start, start + size) for start in starts])
+
+
+def _pyramid(base: np.ndarray) -> list[np.ndarray]:
+    """``base`` and its copies at 1/2, 1/4... scale while their short side is at least _LARGE_FACE."""
+    levels = [base]
+    while min((smaller := _resize(levels[-1], 0.5)).shape[:2]) >= _LARGE_FACE:
+        levels.append(smaller)
+    return levels
+
+
+def _flat(tile: np.ndarray) -> bool:
+    """Every pixel of the (H, W, 3) tile alike (it shows no face); most tiles differ in their first row."""
+    return bool((tile[0] == tile[0, 0]).all() and (tile == tile[0, 0]).all())
+
+
+def _changed_pixels(level: np.ndarray, before: np.ndarray) -> np.ndarray:
+    """(H, W) uint8, nonzero where the (H, W, 3) ``level`` differs from ``before``."""
+    red, green, blue = cv2.split(cv2.absdiff(level, before))
+    return cv2.max(cv2.max(red, green), blue)
+
+
+def _changed_windows(changed: np.ndarray, min_height: float) -> Optional[list[tuple[tuple[int, int, int, int], list]]]:
+    """Windows to search again in a tile whose pixels differ from before where ``changed`` (H, W) is nonzero.
+
+    Changes are located to blocks of _BLOCK px. Each changed region of side s gets a reach (its box grown
+    by max(s / 2, _MIN_REACH)) and a window (the reach grown as much again, its corner on the network's
+    32 px grid); windows that overlap are joined. A region smaller than ``min_height`` (the smallest face
+    kept at this level) needs none. Returns [((x0, y0, x1, y1) window, [reach boxes])], or None when the
+    windows cover so much of the tile that searching it whole is cheaper.
+    """
+    height, width = changed.shape
+    grown = cv2.dilate(np.ascontiguousarray(changed), np.ones((_BLOCK, _BLOCK), np.uint8), anchor=(0, 0),
+                       borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    blocks = (grown[::_BLOCK, ::_BLOCK] > 0).astype(np.uint8)
+    _, _, stats, _ = cv2.connectedComponentsWithStats(blocks, connectivity=8)
+    windows = []
+    for bx, by, bw, bh, _ in stats[1:]:
+        x, y, w, h = bx * _BLOCK, by * _BLOCK, bw * _BLOCK, bh * _BLOCK
+        if max(w, h) < min_height:
+            continue
+        grow = max(-(-max(w, h) // 2), _MIN_REACH)
+        reach = (x - grow, y - grow, x + w + grow, y + h + grow)
+        window = [max(0, reach[0] - grow) // _STRIDE * _STRIDE, max(0, reach[1] - grow) // _STRIDE * _STRIDE,
+                  min(width, reach[2] + grow), min(height, reach[3] + grow)]
+        windows.append((window, [reach]))
+    joined = True
+    while joined:
+        joined = False
+        for i, j in itertools.combinations(range(len(windows)), 2):
+            (a, reaches_a), (b, reaches_b) = windows[i], windows[j]
+            if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                windows[i] = ([min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])],
+                              reaches_a + reaches_b)
+                del windows[j]
+                joined = True
+                break
+    area = sum((x1 - x0) * (y1 - y0) for (x0, y0, x1, y1), _ in windows)
+    if area > _WINDOWED_SHARE * width * height:
+        return None
+    return [(tuple(window), reaches) for window, reaches in windows]
+
+
+def _centred_in(boxes: np.ndarray, regions: list) -> np.ndarray:
+    """(N,) bool: the box centre lies in one of ``regions`` (x0, y0, x1, y1)."""
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    inside = np.zeros(len(boxes), dtype=bool)
+    for x0, y0, x1, y1 in regions:
+        inside |= (cx >= x0) & (cx < x1) & (cy >= y0) & (cy < y1)
+    return inside
+
+
+def _select(detections: tuple, keep: np.ndarray) -> tuple:
+    return tuple(part[keep] for part in detections)
 
 
 def _unturned(boxes, scores, points, turns: int, shape: tuple[int, int]):
@@ -287,6 +419,12 @@ def _resize(image: np.ndarray, scale: float) -> np.ndarray:
     height, width = image.shape[:2]
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+
+
+def _resized_copy(image: np.ndarray, scale: float) -> np.ndarray:
+    """The image resized, in an array of its own (levels are remembered: they must not change)."""
+    level = _resize(image, scale)
+    return image.copy() if level is image else level
 
 
 def _decode(heatmap, sizes, offsets, landmarks, threshold: float, min_height: float):

@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import numpy as np
 from PIL import Image, ImageCms, ImageOps
 
-from p3m.io import ImageReadError, RunInputs, atomic_write, open_image, save_image, to_rgb8
+from p3m.io import ImageReadError, OutputFolder, UnsafeOutputError, open_image, to_rgb8
 from p3m.privacy.detector import (DEFAULT_THRESHOLD, DetectorError, Face, FaceDetector, default_detector, detect_faces,
                                   merge_faces)
 from p3m.privacy.obfuscate import face_mask, obfuscate
@@ -22,6 +22,8 @@ JPEG_QUALITY = 95
 _FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF",
             ".webp": "WEBP", ".gif": "GIF"}
 _MULTI_FRAME_FORMATS = frozenset({"PNG", "TIFF", "WEBP", "GIF"})
+# Encoding changes the pixels (JPEG's quantization, GIF's palette): the written file is searched again.
+_LOSSY_FORMATS = frozenset({"JPEG", "GIF"})
 _SRGB = ImageCms.createProfile("sRGB")
 
 
@@ -197,11 +199,23 @@ def _array(frame: _Frame, gray: bool) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _write_like_source(path: Path, frames: list[_Frame], source: _Source) -> None:
+class _DetectedAfterEncoding(Exception):
+    """A face is detectable in the encoded file although not in the pixels given to the encoder."""
+
+    def __init__(self, frame: int, faces: list[Face]):
+        super().__init__(frame, faces)
+        self.frame, self.faces = frame, faces
+
+
+def _write_like_source(path: Path, frames: list[_Frame], source: _Source, outputs: OutputFolder,
+                       search: Optional[Callable[[_Frame], list[Face]]] = None) -> None:
     """Write ``frames`` with the source's channels (gray, alpha) in the format ``path``'s suffix names.
 
     Pixels are sRGB and no metadata is written (no profile, EXIF, XMP, text
     or comment). A format without frames (JPEG, BMP) gets the first frame.
+    For a lossy format, ``search`` runs on every frame of the encoded file as
+    it will be read back, before it takes its final name; a face it returns
+    raises :class:`_DetectedAfterEncoding` and nothing is written.
     """
     pillow_format = _output_format(path)
     options: dict = {}
@@ -221,19 +235,55 @@ def _write_like_source(path: Path, frames: list[_Frame], source: _Source) -> Non
         options["loop"] = source.loop
     if len(images) > 1 and pillow_format == "GIF" and frames[0].alpha is not None:
         options["disposal"] = 2
-    atomic_write(path, lambda tmp: images[0].save(tmp, format=pillow_format, **options))
+
+    def write(tmp: Path) -> None:
+        images[0].save(tmp, format=pillow_format, **options)
+        if search is not None and pillow_format in _LOSSY_FORMATS:
+            for index, frame in enumerate(_read_source(tmp).frames):
+                found = search(frame)
+                if found:
+                    raise _DetectedAfterEncoding(index, found)
+
+    outputs.write(path, write)
 
 
-def remove_outputs(*paths: Optional[os.PathLike]) -> None:
-    """Remove the outputs (this or an earlier run's) of a file that fails: nothing of it stays."""
+def remove_outputs(outputs: OutputFolder, *paths: Optional[os.PathLike]) -> None:
+    """Remove the outputs (this or an earlier run's) of a file that fails: nothing of it stays.
+
+    A path the guards of ``outputs`` refuse (an input, or reached through a
+    link out of the folder) is not an output of the run and is left alone.
+    """
     for path in paths:
-        if path is not None and (Path(path).is_file() or Path(path).is_symlink()):
-            Path(path).unlink()
+        if path is not None:
+            try:
+                outputs.remove(path)
+            except UnsafeOutputError:
+                pass
+
+
+def output_folder(outputs: Optional[OutputFolder], path: Path, source: Path,
+                  report: FileReport) -> Optional[OutputFolder]:
+    """``outputs``, or by default the guards of a single call (``path``'s folder, ``source``
+    protected); None, with the error in ``report``, when that folder cannot be one."""
+    if outputs is not None:
+        return outputs
+    try:
+        return OutputFolder(path.parent, [source], clean=False)
+    except UnsafeOutputError as error:
+        report.error = f"{path}: cannot write ({error})"
+        return None
+
+
+def job_failure(source: os.PathLike, error: Exception) -> str:
+    """The one-line error of a batch job that raised: the file, the error's type and first line."""
+    lines = str(error).strip().splitlines()
+    return f"{source}: {type(error).__name__}: {lines[0] if lines else ''}"
 
 
 def anonymize_file(source: os.PathLike, output: os.PathLike, mask_output: Optional[os.PathLike] = None,
                    method: str = "blur", threshold: float = DEFAULT_THRESHOLD,
-                   detector: Optional[FaceDetector] = None, verify_threshold: Optional[float] = None) -> FileReport:
+                   detector: Optional[FaceDetector] = None, verify_threshold: Optional[float] = None, *,
+                   outputs: Optional[OutputFolder] = None, masks: Optional[OutputFolder] = None) -> FileReport:
     """Anonymize one image file; never raises for a bad input or a failed write.
 
     Every frame (animated GIF, WebP and PNG, multi-page TIFF) is searched as a
@@ -243,8 +293,10 @@ def anonymize_file(source: os.PathLike, output: os.PathLike, mask_output: Option
     output keeps the input's format (JPEG at quality 95, WebP lossless),
     channels and frames, with EXIF orientation applied, colours converted to
     sRGB and no metadata at all (profile, EXIF, XMP, text chunks, comments).
-    When a face is still detected after obfuscation, nothing is written and
-    an earlier output of the file is removed (fail-closed).
+    A JPEG or GIF output is searched again as encoded (quantization can bring
+    a blurred face back over the threshold). When a face is still detected
+    after obfuscation, nothing is written and an earlier output of the file
+    is removed (fail-closed).
 
     Args:
         source: input image.
@@ -253,11 +305,18 @@ def anonymize_file(source: os.PathLike, output: os.PathLike, mask_output: Option
         method, threshold: as in :func:`p3m.privacy.anonymize`.
         verify_threshold: threshold of the check on the output; by default
             the lower of ``threshold`` and the default threshold.
+        outputs, masks: the guarded folders ``output`` and ``mask_output`` are
+            written (and removed) through; by default each one's own folder,
+            with ``source`` protected.
     """
     source, output = Path(source), Path(output)
     mask_output = Path(mask_output) if mask_output is not None else None
     check = default_verify_threshold(threshold) if verify_threshold is None else verify_threshold
     report = FileReport(source, None, ERROR, threshold=threshold, verify_threshold=check)
+    outputs = output_folder(outputs, output, source, report)
+    masks = output_folder(masks, mask_output, source, report) if mask_output is not None else None
+    if report.error is not None:
+        return report
     try:
         loaded = _read_source(source)
         report.frames = len(loaded.frames)
@@ -283,16 +342,25 @@ def anonymize_file(source: os.PathLike, output: os.PathLike, mask_output: Option
                             f"(best score {best:.2f}); output not written")
         else:
             try:
-                _write_like_source(output, hidden, loaded)
+                _write_like_source(output, hidden, loaded, outputs,
+                                   search=lambda frame: _detect(frame, check, detector))
                 if mask_output is not None:
                     shape = loaded.frames[0].image.shape
-                    save_image(mask_output, np.max([face_mask(shape, faces) for faces in hidden_faces], axis=0))
-            except (OSError, ValueError) as error:
+                    masks.save_image(mask_output, np.max([face_mask(shape, faces) for faces in hidden_faces], axis=0))
+            except _DetectedAfterEncoding as found:
+                where = f" in frame {found.frame}" if report.frames > 1 else ""
+                best = max(face.score for face in found.faces)
+                report.status = NOT_ANONYMIZED
+                report.error = (f"{source}: {len(found.faces)} face(s) detectable{where} once encoded as "
+                                f"{_output_format(output)} (best score {best:.2f}); output not written")
+            except (OSError, ValueError) as error:  # UnsafeOutputError is a ValueError
                 report.error = f"{output}: cannot write ({error})"
             else:
                 report.output, report.status = output, ANONYMIZED if report.faces else NO_FACES
     if not report.ok:
-        remove_outputs(output, mask_output)
+        remove_outputs(outputs, output)
+        if mask_output is not None:
+            remove_outputs(masks, mask_output)
     return report
 
 
@@ -329,37 +397,41 @@ def load_matte(path: os.PathLike, size: tuple[int, int], threshold: float = DEFA
 
 
 def anonymize_job(job: tuple, method: str, threshold: float, detector: FaceDetector,
-                  verify_threshold: Optional[float] = None) -> FileReport:
-    """:func:`anonymize_file` for one job ``(source, output, mask_output, refusal, matte, root)``; never raises.
+                  verify_threshold: Optional[float] = None, outputs: Optional[OutputFolder] = None,
+                  masks: Optional[OutputFolder] = None) -> FileReport:
+    """:func:`anonymize_file` for one job ``(source, output, mask_output, refusal, matte)``; never raises.
 
     ``refusal`` is why the destination was refused before the batch started (or
     None); it and any failure become an ``error`` report, so the batch goes on.
-    ``matte`` is ``(matte_source, matte_target)`` in dataset mode (else None): the
-    matte of a written image is checked and re-encoded under ``root``
+    ``outputs`` and ``masks`` are the batch's guarded folders (OUT and the face
+    masks' folder, both protecting every input of the run). ``matte`` is
+    ``(matte_source, matte_target)`` in dataset mode (else None): the matte of a
+    written image is checked and re-encoded through ``outputs``
     (:func:`write_dataset_matte`).
     """
-    source, output, mask_output, refusal, matte, root = job
+    source, output, mask_output, refusal, matte = job
     if refusal is not None:
         return FileReport(Path(source), None, ERROR, error=refusal)
     try:
-        report = anonymize_file(source, output, mask_output, method, threshold, detector, verify_threshold)
+        if matte is not None and outputs is None:  # the job's own folders bound it
+            folders = [Path(path).parent for path in (output, mask_output, matte[1]) if path is not None]
+            outputs = OutputFolder(os.path.commonpath(folders), [source, matte[0]], clean=False)
+        report = anonymize_file(source, output, mask_output, method, threshold, detector, verify_threshold,
+                                outputs=outputs, masks=masks)
         if matte is not None:
-            write_dataset_matte(report, *matte, (output, mask_output), detector, root)
+            write_dataset_matte(report, *matte, (output, mask_output), detector, outputs)
         return report
     except Exception as error:  # noqa: BLE001 - one file's failure must not end the batch
-        lines = str(error).strip().splitlines()
-        return FileReport(Path(source), None, ERROR,
-                          error=f"{source}: {type(error).__name__}: {lines[0] if lines else ''}")
+        return FileReport(Path(source), None, ERROR, error=job_failure(source, error))
 
 
 def write_dataset_matte(report: FileReport, source: Path, target: Path, image_outputs: tuple,
-                        detector: Optional[FaceDetector], root: Optional[Path]) -> None:
-    """Re-encode the matte of a written image to ``target`` (:func:`load_matte`); a refused matte
-    fails its image, and nothing of the image stays under OUT."""
+                        detector: Optional[FaceDetector], outputs: OutputFolder) -> None:
+    """Re-encode the matte of a written image to ``target`` through ``outputs`` (OUT, :func:`load_matte`);
+    a refused matte fails its image, and nothing of the image stays under OUT."""
     if report.ok:
         try:
-            save_image(target, load_matte(source, report.size, report.verify_threshold, detector),
-                       root=root, inputs=RunInputs([source]))
+            outputs.save_image(target, load_matte(source, report.size, report.verify_threshold, detector))
             return
         except ImageReadError as error:
             report.fail(str(error))
@@ -367,7 +439,7 @@ def write_dataset_matte(report: FileReport, source: Path, target: Path, image_ou
             report.fail(f"{source}: cannot be searched for faces ({error})")
         except (OSError, ValueError) as error:
             report.fail(f"{target}: cannot write ({error})")
-    remove_outputs(*image_outputs, target)
+    remove_outputs(outputs, *image_outputs, target)
 
 
 @dataclass(frozen=True)
@@ -375,16 +447,18 @@ class AnonymizeSetup:
     """The per-file anonymizing step, built where it runs (a picklable recipe for ``p3m.executors``).
 
     Calling it builds one face detector and returns ``step(job) -> FileReport``
-    (:func:`anonymize_job`).
+    (:func:`anonymize_job`, through the guarded folders ``outputs`` and ``masks``).
     """
 
     method: str = "blur"
     threshold: float = DEFAULT_THRESHOLD
     verify_threshold: Optional[float] = None
+    outputs: Optional[OutputFolder] = None
+    masks: Optional[OutputFolder] = None
 
     def __call__(self) -> Callable[[tuple], FileReport]:
         return partial(anonymize_job, method=self.method, threshold=self.threshold, detector=default_detector(),
-                       verify_threshold=self.verify_threshold)
+                       verify_threshold=self.verify_threshold, outputs=self.outputs, masks=self.masks)
 
 
 def summarize(reports: list[FileReport]) -> str:

@@ -7,12 +7,16 @@ from typing import Optional
 import numpy as np
 
 from p3m.privacy.detector import DEFAULT_THRESHOLD, Face, FaceDetector, detect_faces, merge_faces
-from p3m.privacy.obfuscate import obfuscate
+from p3m.privacy.obfuscate import DEFAULT_FEATHER, DEFAULT_MARGIN, obfuscate
 
 
 # Obfuscation passes before a file fails verification: each later pass hides again
 # what the check still finds (one more pass cleared every such case of the privacy suite).
 OBFUSCATION_ROUNDS = 3
+# Privacy mode's first blur: the ellipse fitted to the face box and landmarks without margin,
+# and a soft edge a tenth of its axes wide (the matte depends on the hair around the face).
+TIGHT_MARGIN = 0.0
+TIGHT_FEATHER = 0.1
 
 
 @dataclass(frozen=True)
@@ -111,10 +115,12 @@ def hide_faces_for_model(image: np.ndarray, threshold: float = DEFAULT_THRESHOLD
                          detector: Optional[FaceDetector] = None) -> tuple[np.ndarray, PrivacyRecord]:
     """Obfuscate the faces of a photo before a matting network sees it, and verify (privacy mode).
 
-    Faces are blurred (the P3M-10k look the network was trained on); the
-    result is searched again with the same detector and threshold, and what
-    is still found is blurred again; if a face is still found then, every
-    face is filled flat and searched again.
+    Faces are blurred (the P3M-10k look the network was trained on) inside
+    an ellipse fitted to the face box with a narrow soft edge, which keeps
+    the blur off the hair and the head's outline; the result is searched
+    again with the same detector and threshold, and what is still found is
+    blurred again with :func:`anonymize`'s wider margin; if a face is still
+    found then, every face is filled flat and searched again.
 
     Args:
         image: (H, W, 3) uint8 RGB.
@@ -137,8 +143,11 @@ def hide_faces_for_model(image: np.ndarray, threshold: float = DEFAULT_THRESHOLD
     if not faces:
         return image.copy(), PrivacyRecord(0, "blur", threshold)
     hidden, remaining = image, faces
-    for method in ("blur",) * (OBFUSCATION_ROUNDS - 1) + ("fill",):
-        hidden = obfuscate(hidden, remaining if method == "blur" else merge_faces([*faces, *remaining]), method)
+    rounds = [("blur", TIGHT_MARGIN, TIGHT_FEATHER)] + [("blur", DEFAULT_MARGIN, DEFAULT_FEATHER)] * (
+        OBFUSCATION_ROUNDS - 2) + [("fill", DEFAULT_MARGIN, DEFAULT_FEATHER)]
+    for method, margin, feather in rounds:
+        hidden = obfuscate(hidden, remaining if method == "blur" else merge_faces([*faces, *remaining]), method,
+                           margin, feather)
         remaining = verify(hidden, threshold, detector)
         if not remaining:
             return hidden, PrivacyRecord(len(faces), method, threshold)

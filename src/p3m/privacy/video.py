@@ -32,11 +32,11 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from p3m.io import RunInputs, atomic_write
+from p3m.io import OutputFolder
 from p3m.io.video import VideoReadError, VideoReader, VideoWriter, is_video_file
 from p3m.privacy.detector import DEFAULT_THRESHOLD, DetectorError, Face, FaceDetector, default_detector, detect_faces
 from p3m.privacy.files import (ANONYMIZED, ERROR, NO_FACES, NOT_ANONYMIZED, STATUSES, AnonymizeSetup, FileReport,
-                               anonymize_job, remove_outputs, summarize)
+                               anonymize_job, job_failure, output_folder, remove_outputs, summarize)
 from p3m.privacy.obfuscate import obfuscate
 from p3m.privacy.pipeline import OBFUSCATION_ROUNDS, default_verify_threshold
 
@@ -251,14 +251,15 @@ def _verify_file(path: Path, threshold: float, detector: Optional[FaceDetector],
 def anonymize_video(source: os.PathLike, output: os.PathLike, method: str = "blur",
                     threshold: float = DEFAULT_THRESHOLD, detector: Optional[FaceDetector] = None,
                     verify_threshold: Optional[float] = None, strip_audio: bool = False, hold: int = HOLD_FRAMES,
-                    progress: bool = False, **guards) -> VideoReport:
+                    progress: bool = False, outputs: Optional[OutputFolder] = None) -> VideoReport:
     """Anonymize one video file into ``output`` (an MP4); never raises for a bad input or a failed write.
 
     Args:
         source: input video.
         output: the anonymized video; written under a temporary name in its
-            folder (``guards`` ``root``, ``inputs`` as in :func:`p3m.io.atomic_write`)
-            and renamed only once every frame passed verification.
+            folder through ``outputs`` (a guarded folder; by default ``output``'s
+            own, with ``source`` protected) and renamed only once every frame
+            passed verification.
         method, threshold, verify_threshold: as for images (:func:`p3m.privacy.anonymize_file`).
         strip_audio: drop the audio (by default re-encoded to AAC, see :class:`p3m.io.video.VideoWriter`).
         hold: frames a face may go undetected and stay covered (:func:`track_faces`).
@@ -271,6 +272,9 @@ def anonymize_video(source: os.PathLike, output: os.PathLike, method: str = "blu
     source, output = Path(source), Path(output)
     check = default_verify_threshold(threshold) if verify_threshold is None else verify_threshold
     report = VideoReport(source, None, ERROR, threshold=threshold, verify_threshold=check)
+    outputs = output_folder(outputs, output, source, report)
+    if outputs is None:
+        return report
     try:
         detections, info = _detect_all(source, threshold, detector, progress)
         report.frames, report.size = len(detections), info["size"]
@@ -295,7 +299,7 @@ def anonymize_video(source: os.PathLike, output: os.PathLike, method: str = "blu
                     hide[index].append(faces)
             raise _StillVisible(found)
 
-        atomic_write(output, write, **guards)
+        outputs.write(output, write)
     except _StillVisible as failure:
         frames = sorted(failure.found)
         best_score = max(face.score for faces in failure.found.values() for face in faces)
@@ -312,25 +316,24 @@ def anonymize_video(source: os.PathLike, output: os.PathLike, method: str = "blu
         report.verified = True
         report.output, report.status = output, ANONYMIZED if report.tracks else NO_FACES
     if not report.ok:
-        remove_outputs(output)
+        remove_outputs(outputs, output)
     return report
 
 
 def anonymize_video_job(job: tuple, method: str, threshold: float, detector: FaceDetector,
                         verify_threshold: Optional[float] = None, strip_audio: bool = False,
-                        progress: bool = False) -> VideoReport:
-    """:func:`anonymize_video` for one job ``(source, output, mask_output, refusal, matte, root)`` of the
-    anonymize batch (``mask_output`` and ``matte`` are None for videos); never raises."""
-    source, output, _, refusal, _, root = job
+                        progress: bool = False, outputs: Optional[OutputFolder] = None) -> VideoReport:
+    """:func:`anonymize_video` for one job ``(source, output, mask_output, refusal, matte)`` of the
+    anonymize batch (``mask_output`` and ``matte`` are None for videos), through the batch's
+    guarded folder ``outputs``; never raises."""
+    source, output, _, refusal, _ = job
     if refusal is not None:
         return VideoReport(Path(source), None, ERROR, error=refusal)
     try:
         return anonymize_video(source, output, method, threshold, detector, verify_threshold, strip_audio,
-                               progress=progress, root=root, inputs=RunInputs([source]))
+                               progress=progress, outputs=outputs)
     except Exception as error:  # noqa: BLE001 - one file's failure must not end the batch
-        lines = str(error).strip().splitlines()
-        return VideoReport(Path(source), None, ERROR,
-                           error=f"{source}: {type(error).__name__}: {lines[0] if lines else ''}")
+        return VideoReport(Path(source), None, ERROR, error=job_failure(source, error))
 
 
 @dataclass(frozen=True)
@@ -344,10 +347,10 @@ class MediaAnonymizeSetup(AnonymizeSetup):
     def __call__(self) -> Callable[[tuple], FileReport]:
         detector = default_detector()
         image_step = partial(anonymize_job, method=self.method, threshold=self.threshold, detector=detector,
-                             verify_threshold=self.verify_threshold)
+                             verify_threshold=self.verify_threshold, outputs=self.outputs, masks=self.masks)
         video_step = partial(anonymize_video_job, method=self.method, threshold=self.threshold, detector=detector,
                              verify_threshold=self.verify_threshold, strip_audio=self.strip_audio,
-                             progress=self.frame_progress)
+                             progress=self.frame_progress, outputs=self.outputs)
         return lambda job: video_step(job) if is_video_file(Path(job[0])) else image_step(job)
 
 

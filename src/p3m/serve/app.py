@@ -45,8 +45,8 @@ from PIL import ImageOps
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from p3m import __version__
-from p3m.inference.batch import OUTPUT_KINDS, MatteOptions, encode_png, output_images
-from p3m.inference.compose import FOREGROUND_MODES, Background, parse_colour
+from p3m.inference.batch import OUTPUT_KINDS, MatteOptions, encode_png
+from p3m.inference.compose import FOREGROUND_MODES, Background, output_images, parse_colour
 from p3m.inference.matter import Matter
 from p3m.io import ImageReadError, atomic_write, open_image, to_rgb8
 from p3m.io.fetch import DEFAULT_TIMEOUT, FetchError, ResponseTooLarge, URLRefused, fetch_url
@@ -547,7 +547,9 @@ def _decode(data: bytes) -> tuple[np.ndarray, str]:
 def _matte_job(data: bytes, request: _MatteRequest) -> bytes:
     image, _ = _decode(data)
     result = request.matter.predict(image)
-    ((_, array),) = output_images(result, (request.output,), request.options, request.background)
+    options = request.options
+    ((_, array),) = output_images(result, (request.output,), options.foreground, options.alpha_depth,
+                                  request.background)
     return encode_png(array, request.options.png_compression)
 
 

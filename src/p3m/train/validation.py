@@ -1,8 +1,8 @@
 """Validation during training: the model as ``p3m matte --weights`` would run it, scored on P3M-500-P/NP.
 
 The weights of the step are written to a temporary file in the run folder and
-loaded by :class:`p3m.Matter` (``shorter_side_limit=None``, as the official
-evaluation), so the scores are those of the checkpoint a user would ship.
+loaded by :class:`p3m.Matter` (``shorter_side_limit=None``, ``small_image_pass=False``,
+as the official evaluation), so the scores are those of the checkpoint a user would ship.
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ class ValidationHook(Hook):
         problems: list[str] = []
         with _weights_file(module, trainer.output, config.model, info.rank) as weights:
             matter = Matter(config.model, weights=weights, method=config.val_method, max_size=config.val_max_size,
-                            device=str(trainer.device), shorter_side_limit=None)
+                            device=str(trainer.device), shorter_side_limit=None, small_image_pass=False)
         for split, samples in self.splits.items():
             scores[split] = []
             for sample in samples[info.rank::info.world_size]:

@@ -37,6 +37,7 @@ class Engine(Protocol):
     model_name: str  # the registry name of the variant, e.g. "resnet34"
     mean: tuple[float, float, float]  # normalisation of the network's input
     std: tuple[float, float, float]
+    small_image_side: int | None  # see p3m.models.ModelSpec.small_image_side
     precision: str
     device: str
 

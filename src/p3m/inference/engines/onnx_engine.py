@@ -48,6 +48,7 @@ class OnnxEngine:
         self.model_name = metadata["p3m_model"]
         self.mean = tuple(json.loads(metadata["p3m_mean"]))
         self.std = tuple(json.loads(metadata["p3m_std"]))
+        self.small_image_side = None  # only Swin-T has a small-image path, and it is not exported
         self._sessions: dict[tuple[str, ...], object] = {}
         self._onnxruntime = onnxruntime
 

@@ -42,6 +42,7 @@ class TorchEngine:
                  precision: str = "fp32"):
         spec = get_spec(model)
         self.model_name, self.mean, self.std = spec.name, spec.mean, spec.std
+        self.small_image_side = spec.small_image_side
         self.torch_device = resolve_device(device)
         self.device = str(self.torch_device)
         check_precision(precision, self.torch_device)

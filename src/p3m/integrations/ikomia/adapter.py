@@ -16,7 +16,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from p3m.inference.batch import MatteOptions, output_images
+from p3m.inference.compose import output_images
 from p3m.inference.matter import Matter, MatteResult
 from p3m.inference.pipeline import Method
 from p3m.models.registry import get_spec
@@ -107,7 +107,7 @@ def task_outputs(result: MatteResult) -> tuple[np.ndarray, np.ndarray]:
         rgba: (H, W, 4) uint8 RGBA cutout, straight colour re-estimated at soft
             edges (output 1).
     """
-    images = dict(output_images(result, ("alpha", "rgba"), MatteOptions(), None))
+    images = dict(output_images(result, ("alpha", "rgba")))
     return images["alpha"], images["rgba"]
 
 

@@ -16,7 +16,7 @@ av = pytest.importorskip("av", reason="video support needs PyAV (the 'video' ext
 
 from p3m.cli import main  # noqa: E402
 from p3m.io import video as video_io  # noqa: E402
-from p3m.io.video import VideoReader  # noqa: E402
+from p3m.io.video import VideoReader, square_pixel_size  # noqa: E402
 from p3m.privacy import Face, detect_faces  # noqa: E402
 from p3m.privacy import video as privacy_video  # noqa: E402
 from p3m.privacy.video import anonymize_video, frame_covers, track_faces  # noqa: E402
@@ -151,6 +151,12 @@ def test_an_anamorphic_clip_is_searched_and_written_with_square_pixels(tmp_path)
     assert [i for i, frame in enumerate(written) if detect_faces(frame.image, 0.3)] == []
     with av.open(str(report.output)) as container:
         assert container.streams.video[0].sample_aspect_ratio in (None, 0, 1)
+
+
+def test_frames_are_only_stretched_to_square_pixels():
+    assert square_pixel_size(64, 144, Fraction(3)) == (192, 144)
+    assert square_pixel_size(720, 480, Fraction(8, 9)) == (720, 540)  # tall pixels: taller, never narrower
+    assert square_pixel_size(96, 64, None) == square_pixel_size(96, 64, Fraction(0)) == (96, 64)
 
 
 def test_the_frame_size_limit_holds_for_the_displayed_size(tmp_path, monkeypatch):

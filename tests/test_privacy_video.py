@@ -7,6 +7,7 @@ import json
 from fractions import Fraction
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -14,7 +15,8 @@ from PIL import Image
 av = pytest.importorskip("av", reason="video support needs PyAV (the 'video' extra)")
 
 from p3m.cli import main  # noqa: E402
-from p3m.io.video import VideoReader  # noqa: E402
+from p3m.io import video as video_io  # noqa: E402
+from p3m.io.video import VideoReader, square_pixel_size  # noqa: E402
 from p3m.privacy import Face, detect_faces  # noqa: E402
 from p3m.privacy import video as privacy_video  # noqa: E402
 from p3m.privacy.video import anonymize_video, frame_covers, track_faces  # noqa: E402
@@ -134,6 +136,38 @@ def test_faces_the_check_finds_are_hidden_again_and_checked_again(tmp_path):
     assert [i for i, frame in enumerate(frames_of(report.output)) if detect_faces(frame.image, 0.3)] == []
 
 
+def test_an_anamorphic_clip_is_searched_and_written_with_square_pixels(tmp_path):
+    """Pixels shown 3x as wide as tall: the stored frames squeeze the face 3x, and the detector misses it
+    there. Frames are read at their displayed shape, so the face is found, and the output (square pixels)
+    shows it hidden."""
+    shown = list(face_frames("p_bac3c1ff", 192, 144, 2, face_height=40))
+    stored = [cv2.resize(image, (64, 144), interpolation=cv2.INTER_AREA) for image in shown]
+    assert detect_faces(shown[0]) and not detect_faces(stored[0], 0.3)
+    source = write_clip(tmp_path / "wide.mp4", stored, pixel_aspect=Fraction(3))
+    report = anonymize_video(source, tmp_path / "out" / "wide.mp4")
+    assert report.status == "anonymized" and report.size == (192, 144), report.error
+    written = frames_of(report.output)
+    assert [frame.image.shape for frame in written] == [(144, 192, 3)] * 2
+    assert [i for i, frame in enumerate(written) if detect_faces(frame.image, 0.3)] == []
+    with av.open(str(report.output)) as container:
+        assert container.streams.video[0].sample_aspect_ratio in (None, 0, 1)
+
+
+def test_frames_are_only_stretched_to_square_pixels():
+    assert square_pixel_size(64, 144, Fraction(3)) == (192, 144)
+    assert square_pixel_size(720, 480, Fraction(8, 9)) == (720, 540)  # tall pixels: taller, never narrower
+    assert square_pixel_size(96, 64, None) == square_pixel_size(96, 64, Fraction(0)) == (96, 64)
+
+
+def test_the_frame_size_limit_holds_for_the_displayed_size(tmp_path, monkeypatch):
+    """Wide pixels stretch a frame when read: the size limit applies to what is decoded into memory."""
+    monkeypatch.setattr(video_io, "MAX_FRAME_PIXELS", 96 * 64 * 2)
+    source = write_clip(tmp_path / "wide.mp4", plain_frames(1), pixel_aspect=Fraction(3))
+    report = anonymize_video(source, tmp_path / "out.mp4")
+    assert report.status == "error" and not (tmp_path / "out.mp4").exists()
+    assert report.error == f"{source}: refused, frames too large (96x64, displayed 288x64)"
+
+
 def test_verification_failure_on_one_frame_writes_nothing_and_names_it(tmp_path, capsys, monkeypatch):
     folder = tmp_path / "clips"
     write_clip(folder / "talk.mov", plain_frames(10, marked=(5,)))
@@ -172,7 +206,7 @@ def test_metadata_is_gone_and_timestamps_rotation_and_audio_survive(tmp_path):
     assert all(secret.encode() in source.read_bytes() for secret in face_clips.SECRET_STRINGS)
 
     report = anonymize_video(source, tmp_path / "out" / "phone.mp4")
-    assert report.status == "no_faces" and report.verified and report.audio == "copied", report.error
+    assert report.status == "no_faces" and report.verified and report.audio == "re-encoded", report.error
     data = report.output.read_bytes()
     assert [secret for secret in face_clips.SECRET_STRINGS if secret.encode() in data] == []
     planted = (*face_clips.SECRET_TAGS.values(), *face_clips.STREAM_TAGS.values())
@@ -193,6 +227,23 @@ def test_metadata_is_gone_and_timestamps_rotation_and_audio_survive(tmp_path):
     assert [round(frame.time, 3) for frame in written] == [round(t / 1000, 3) for t in pts]
     assert max(np.abs(a.image.astype(int) - b.image.astype(int)).max() for a, b in zip(written, originals)) <= 4
     assert abs(audio_seconds - 8 * face_clips.AUDIO_RATE // 25 / face_clips.AUDIO_RATE) < 0.1
+
+
+def test_text_in_the_audio_codec_headers_does_not_reach_the_output(tmp_path):
+    """A Vorbis track's comment header (artist, location...) lies in its codec data, not in the tags;
+    copying the track would carry it along. The audio is re-encoded, so only its samples go."""
+    source = write_clip(tmp_path / "field.mkv", plain_frames(4), audio="vorbis", metadata=True)
+    with av.open(str(source)) as container:
+        assert b"SECRET-ARTIST-7f3a" in bytes(container.streams.audio[0].codec_context.extradata)
+    report = anonymize_video(source, tmp_path / "out" / "field.mp4")
+    assert report.status == "no_faces", report.error
+    data = report.output.read_bytes()
+    assert [secret for secret in face_clips.SECRET_STRINGS if secret.encode() in data] == []
+    assert report.audio == "re-encoded"
+    with av.open(str(report.output)) as container:
+        assert container.streams.audio[0].codec_context.name == "aac"
+        samples = np.concatenate([frame.to_ndarray().ravel() for frame in container.decode(audio=0)])
+    assert 0.15 < np.sqrt(np.mean(samples ** 2)) < 0.25  # the 0.3-amplitude tone (RMS 0.21)
 
 
 def test_audio_is_stripped_on_request_and_frame_rate_kept(tmp_path, capsys):

@@ -22,9 +22,9 @@ def add_parser(subparsers) -> None:
                     "result: a file in which a face is still found is reported as not anonymized, is not "
                     "written (an earlier output of it is removed), and makes the command exit with status 1. "
                     "Images keep their format (JPEG at quality 95) and frames, in sRGB, without metadata. "
-                    "Videos become H.264 MP4s with the source's timestamps and audio and no metadata; faces are "
-                    "tracked across frames, so a face the detector misses for a few frames stays hidden, and "
-                    "every frame of the written video is checked.")
+                    "Videos become H.264 MP4s with the source's timestamps and audio (re-encoded to AAC) and no "
+                    "metadata; faces are tracked across frames, so a face the detector misses for a few frames stays "
+                    "hidden, and every frame of the written video is checked.")
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image and video files, folders (searched recursively) or glob patterns")
     parser.add_argument("-o", "--out-dir", dest="output", required=True, metavar="OUT",
@@ -34,7 +34,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--masks", metavar="DIR",
                         help="also write a face mask per image here (PNG, 255 on faces, 0 elsewhere; not for videos)")
     parser.add_argument("--strip-audio", action="store_true",
-                        help="videos: drop the audio (by default it is kept: copied, or re-encoded to AAC)")
+                        help="videos: drop the audio (by default it is kept, re-encoded to AAC)")
     parser.add_argument("--report", metavar="FILE",
                         help="write a report with one entry per input: JSON, or with FILE.html an audit page "
                              "(thumbnails of the outputs, faces found, verification)")

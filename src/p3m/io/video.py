@@ -80,7 +80,8 @@ def _reason(error: Exception) -> str:
 class VideoFrame:
     """One decoded frame.
 
-    image: (H, W, 3) uint8 RGB, upright (display matrix applied).
+    image: (H, W, 3) uint8 RGB as displayed: square pixels (the sample aspect
+           ratio applied) and upright (the display matrix applied).
     pts:   presentation timestamp in the reader's ``time_base``.
     time:  presentation time in seconds.
     """
@@ -105,6 +106,17 @@ def orientation(display_matrix: bytes | None) -> tuple[bool, bool, bool]:
     return True, c < 0, b < 0
 
 
+def square_pixel_size(width: int, height: int, pixel_aspect: Fraction | None) -> tuple[int, int]:
+    """(width, height) at which a frame of ``pixel_aspect`` (sample aspect ratio: a pixel's displayed
+    width over its height; None or 0 when unknown, taken as square) shows its displayed shape with
+    square pixels. The frame is only ever stretched: wider for wide pixels, taller for tall ones."""
+    if not pixel_aspect or pixel_aspect == 1:
+        return width, height
+    if pixel_aspect > 1:
+        return max(width, round(width * pixel_aspect)), height
+    return width, max(height, round(height / pixel_aspect))
+
+
 def _upright(image: np.ndarray, transpose: bool, flip_lr: bool, flip_ud: bool) -> np.ndarray:
     if transpose:
         image = image.transpose(1, 0, 2)
@@ -123,7 +135,7 @@ class VideoReader:
 
     Attributes:
         path: the file.
-        width, height: upright frame size in pixels.
+        width, height: displayed frame size in pixels (square pixels, upright).
         frame_rate: the average frame rate (frames per second) as a Fraction.
         time_base: the unit of :attr:`VideoFrame.pts`.
         duration: seconds, from the container (None when it does not say).
@@ -152,8 +164,8 @@ class VideoReader:
             raise VideoReadError(f"{self.path}: no video stream")
         self._stream = stream = streams[0]
         context = stream.codec_context
-        if context.width * context.height > MAX_FRAME_PIXELS:
-            raise VideoReadError(f"{self.path}: refused, frames too large ({context.width}x{context.height})")
+        self._pixel_aspect = Fraction(stream.sample_aspect_ratio or context.sample_aspect_ratio or 1)
+        self._check_size(context.width, context.height)
         stream.thread_type = "AUTO"
         self.time_base = stream.time_base or Fraction(1, 90000)
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
@@ -178,6 +190,14 @@ class VideoReader:
         self._first = first
         self.height, self.width = first.image.shape[:2]
 
+    def _check_size(self, width: int, height: int) -> tuple[int, int]:
+        """The displayed size of ``width`` x ``height`` frames; refused above :data:`MAX_FRAME_PIXELS`."""
+        shown = square_pixel_size(width, height, self._pixel_aspect)
+        if shown[0] * shown[1] > MAX_FRAME_PIXELS:
+            displayed = f", displayed {shown[0]}x{shown[1]}" if shown != (width, height) else ""
+            raise VideoReadError(f"{self.path}: refused, frames too large ({width}x{height}{displayed})")
+        return shown
+
     def _decode(self) -> Iterator[VideoFrame]:
         av = _av()
         last_pts = None
@@ -185,8 +205,7 @@ class VideoReader:
         layout = None
         try:
             for frame in self._container.decode(self._stream):
-                if frame.width * frame.height > MAX_FRAME_PIXELS:
-                    raise VideoReadError(f"{self.path}: refused, frames too large ({frame.width}x{frame.height})")
+                width, height = self._check_size(frame.width, frame.height)
                 if layout is None:
                     matrix = frame.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX)
                     layout = orientation(bytes(matrix) if matrix is not None else None)
@@ -194,7 +213,8 @@ class VideoReader:
                 if pts is None or (last_pts is not None and pts <= last_pts):
                     pts = 0 if last_pts is None else last_pts + (step if pts is None else 1)
                 last_pts = pts
-                yield VideoFrame(_upright(frame.to_ndarray(format="rgb24"), *layout), int(pts),
+                image = frame.to_ndarray(format="rgb24", width=width, height=height)
+                yield VideoFrame(_upright(image, *layout), int(pts),
                                  float(pts * self.time_base))
         except av.error.FFmpegError as error:
             raise VideoReadError(f"{self.path}: cannot decode video ({_reason(error)})") from None
@@ -228,13 +248,20 @@ class VideoWriter:
         time_base: the unit of the timestamps given to :meth:`write`.
         audio_from: a video whose first audio stream is copied (re-encoded to
             AAC when the container cannot hold its codec); None for no audio.
+        reencode_audio: re-encode the audio to AAC even where it could be
+            copied, so that only its samples go along: a copied stream keeps
+            its codec's headers and packets, which can hold text (a Vorbis
+            comment header, an AAC program config comment or data element).
+
+    Re-encoded audio keeps its sample rate where AAC has it (else 48 kHz) and
+    its mono or stereo; more channels are mixed down to stereo.
 
     4:2:0 needs even sides: an odd width or height is padded by repeating the
     last column or row. Use as a context manager; leaving it closes the file.
     """
 
     def __init__(self, path: str | os.PathLike, kind: str, frame_rate: Fraction, time_base: Fraction,
-                 audio_from: str | os.PathLike | None = None):
+                 audio_from: str | os.PathLike | None = None, reencode_audio: bool = False):
         av = _av()
         if kind not in VIDEO_CODECS:
             raise ValueError(f"unknown video kind {kind!r}; use one of {', '.join(VIDEO_CODECS)}")
@@ -248,6 +275,7 @@ class VideoWriter:
         self._stream = None
         self._last_pts = None
         self._audio = None
+        self._reencode_audio = reencode_audio
         if audio_from is not None:
             try:
                 self._open_audio(Path(audio_from))
@@ -263,11 +291,15 @@ class VideoWriter:
             return
         audio_in = self._audio_input.streams.audio[0]
         name = audio_in.codec_context.name
-        if name in self._container.supported_codecs:
+        if name in self._container.supported_codecs and not self._reencode_audio:
             audio_out = self._container.add_stream_from_template(audio_in)
             self._transcoder = None
         else:
-            audio_out = self._container.add_stream("aac", rate=audio_in.codec_context.sample_rate or 48000)
+            rate = audio_in.codec_context.sample_rate
+            if rate not in av.Codec("aac", "w").audio_rates:
+                rate = 48000
+            mono = audio_in.codec_context.layout.nb_channels == 1
+            audio_out = self._container.add_stream("aac", rate=rate, layout="mono" if mono else "stereo")
             self._transcoder = av.AudioResampler(format=audio_out.codec_context.format.name,
                                                  layout=audio_out.codec_context.layout.name,
                                                  rate=audio_out.codec_context.sample_rate)

@@ -2,7 +2,7 @@
 
 Three passes over a video, each decoding it again (frames are never held in memory):
 
-1. **Detect.** The shared detector runs on every upright frame.
+1. **Detect.** The shared detector runs on every frame as displayed (upright, square pixels).
 2. **Track and hide.** Detections are linked into tracks across frames by box
    overlap (:func:`track_faces`); a track covers the frames between its
    detections (a face the detector missed for up to :data:`HOLD_FRAMES`
@@ -11,9 +11,10 @@ Three passes over a video, each decoding it again (frames are never held in memo
    with the nearest box held. Each covered face is obfuscated as in images
    (the same ellipse, margin and feather). Frames are encoded (H.264 4:2:0,
    CRF 18) into a temporary file with their own timestamps; the audio is
-   copied (or re-encoded to AAC) unless stripped. No container or stream
-   metadata of the source is carried over (tags, chapters, attached
-   pictures, other streams): only the pixels and the audio samples.
+   re-encoded to AAC unless stripped. No container or stream metadata of
+   the source is carried over (tags, chapters, attached pictures, other
+   streams, the audio codec's headers and packets): only the pixels and the
+   audio samples.
 3. **Verify.** The temporary file is decoded and every frame searched again
    with the same detector at the verification threshold. Faces still found
    are hidden again on their frames and the video is encoded and checked
@@ -180,7 +181,7 @@ class VideoReport(FileReport):
     verified: bool = False
     failed_frames: list[int] = field(default_factory=list)
     rounds: int = 0  # encode-and-verify passes run
-    audio: str = "none"  # "copied", "stripped" or "none" (the source has none)
+    audio: str = "none"  # "re-encoded", "stripped" or "none" (the source has none)
 
     def to_dict(self) -> dict:
         entry = super().to_dict()
@@ -226,7 +227,7 @@ def _encode(source: Path, target: Path, hide: list[list[list[Face]]], method: st
     """Write ``source``'s frames to ``target`` with the faces of each pass in ``hide[frame]`` obfuscated in turn."""
     with VideoReader(source) as reader, \
             VideoWriter(target, "colour", info["frame_rate"], info["time_base"],
-                        audio_from=source if audio else None) as writer:
+                        audio_from=source if audio else None, reencode_audio=True) as writer:
         for index, frame in enumerate(_frames(reader, f"{source.name} hide", progress)):
             image = frame.image
             for faces in hide[index] if index < len(hide) else []:
@@ -260,12 +261,13 @@ def anonymize_video(source: os.PathLike, output: os.PathLike, method: str = "blu
             own, with ``source`` protected) and renamed only once every frame
             passed verification.
         method, threshold, verify_threshold: as for images (:func:`p3m.privacy.anonymize_file`).
-        strip_audio: drop the audio (kept by default).
+        strip_audio: drop the audio (by default re-encoded to AAC, see :class:`p3m.io.video.VideoWriter`).
         hold: frames a face may go undetected and stay covered (:func:`track_faces`).
         progress: a progress bar per pass over the frames, on a terminal.
 
     Frames keep their timestamps (variable frame rates survive); rotated
-    sources (a display matrix) are written upright, so they display as before.
+    sources (a display matrix) are written upright and anamorphic ones with
+    square pixels, so they display as before; faces are searched as displayed.
     """
     source, output = Path(source), Path(output)
     check = default_verify_threshold(threshold) if verify_threshold is None else verify_threshold
@@ -279,13 +281,13 @@ def anonymize_video(source: os.PathLike, output: os.PathLike, method: str = "blu
         report.tracks = track_faces(detections, hold)
         best = [max(track.detections.items(), key=lambda item: item[1].score) for track in report.tracks]
         report.face_frames, report.faces = [index for index, _ in best], [face for _, face in best]
-        report.audio = "none" if not info["has_audio"] else "stripped" if strip_audio else "copied"
+        report.audio = "none" if not info["has_audio"] else "stripped" if strip_audio else "re-encoded"
         hide = [[faces] for faces in frame_covers(report.tracks, len(detections))]
 
         def write(target: Path) -> None:
             for rounds in range(1, OBFUSCATION_ROUNDS + 1):
                 report.rounds = rounds
-                _encode(source, target, hide, method, info, report.audio == "copied", progress)
+                _encode(source, target, hide, method, info, report.audio == "re-encoded", progress)
                 report.frames_checked, found = _verify_file(target, check, detector, f"{source.name} verify",
                                                             progress)
                 if report.frames_checked != report.frames:

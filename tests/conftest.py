@@ -19,6 +19,15 @@ def _recipe():
     return module
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: tiny training steps run faster and reproducibly."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES

@@ -29,12 +29,7 @@ SMALL = ["--image-size", "64", "--batch-size", "2", "--workers", "0", "--device"
          "--backbone-weights", "none"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest: small training steps
 
 
 @pytest.fixture(scope="module")

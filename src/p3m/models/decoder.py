@@ -19,6 +19,8 @@ from p3m.models.layers import DBFI, SBFI, TFI, conv_stack, upsample
 
 # Output rows per band of the last (full-resolution) unpooling and convolution at inference.
 UNPOOL_BAND_ROWS = 128
+# Output rows per band of the matting decoder's level 0 (half resolution) at inference.
+LEVEL0_BAND_ROWS = 128
 
 
 @dataclass(frozen=True)
@@ -42,14 +44,15 @@ class DecoderSpec:
 def unpool(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """2x2 max-unpooling with the encoder's indices: (N, C, h, w) -> (N, C, 2h, 2w).
 
-    ``indices`` index each (2h, 2w) plane, as ``max_pool2d(..., return_indices=True)``
-    gives them. Values scatter into a zero map; where two windows chose the same
-    position the later window wins, as in PyTorch's CPU ``max_unpool2d``. Channels-last
-    inputs scatter along the pixel axis of their (N, h*w, C) memory, with no copy
-    (``max_unpool2d`` places channels-last values wrongly and needs two copies);
-    ONNX export scatters NCHW planes, which its runtimes expect.
+    ``indices`` (int64, or int32 to save memory) index each (2h, 2w) plane, as
+    ``max_pool2d(..., return_indices=True)`` gives them. Values scatter into a zero map;
+    where two windows chose the same position the later window wins, as in PyTorch's
+    CPU ``max_unpool2d``. Channels-last inputs scatter along the pixel axis of their
+    (N, h*w, C) memory, with no copy (``max_unpool2d`` places channels-last values
+    wrongly and needs two copies); ONNX export scatters NCHW planes, which its runtimes expect.
     """
     n, c, h, w = x.shape
+    indices = indices.long()
     if torch.onnx.is_in_onnx_export() or not x.is_contiguous(memory_format=torch.channels_last):
         out = x.new_zeros((n, c, 4 * h * w))
         out.scatter_(2, indices.reshape(n, c, h * w), x.reshape(n, c, h * w))
@@ -59,14 +62,39 @@ def unpool(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     return out.view(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
 
 
+def unpool_rows(x: torch.Tensor, indices: torch.Tensor, first: int, last: int) -> torch.Tensor:
+    """Rows ``first .. last - 1`` of ``unpool(x, indices)``: (N, C, h, w) -> (N, C, last - first, 2w),
+    channels-last ``x``; rows outside the unpooled map (``first`` < 0, ``last`` > 2h) are zero.
+
+    Only the values whose index lands in those rows are scattered, in the order
+    :func:`unpool` scatters them, so the later window still wins.
+    """
+    n, c, h, w = x.shape
+    width, rows = 2 * w, last - first
+    top, bottom = max(0, (first - 1) // 2), min(h, last // 2 + 1)  # pooled rows whose 3x3/2 windows reach the rows
+    values = x[:, :, top:bottom].permute(0, 2, 3, 1).reshape(n, -1, c)
+    target = indices[:, :, top:bottom].permute(0, 2, 3, 1).reshape(n, -1, c).to(torch.int64, copy=True)
+    target.sub_(first * width)
+    target.masked_fill_((target < 0) | (target >= rows * width), rows * width)  # a spare row takes the rest
+    band = x.new_zeros((n, (rows + 1) * width, c))
+    band.scatter_(1, target, values)
+    return band.view(n, rows + 1, width, c).permute(0, 3, 1, 2)[:, :, :rows]
+
+
+def upsample_rows(x: torch.Tensor, first: int, last: int) -> torch.Tensor:
+    """Rows ``first .. last - 1`` of ``upsample(x, 2)``, 0 <= first < last <= 2h: (N, C, h, w) ->
+    (N, C, last - first, 2w), the same values, from the input rows they depend on."""
+    top, bottom = max(0, (first - 1) // 2), min(x.shape[2], last // 2 + 1)
+    return upsample(x[:, :, top:bottom], 2)[:, :, first - 2 * top:last - 2 * top]
+
+
 def unpool_conv_in_bands(x: torch.Tensor, indices: torch.Tensor, conv: nn.Conv2d,
                          band_rows: int | None = None) -> torch.Tensor:
     """``conv(unpool(x, indices))`` for a 3x3 convolution with padding 1, computed in bands
     of output rows: (N, C, h, w) -> (N, conv.out_channels, 2h, 2w).
 
-    Each band scatters only the values whose index lands in its rows (and the
-    convolution's one-row halo), in the order :func:`unpool` scatters them, so the
-    later window still wins; the unpooled map is never held whole. Channels-last ``x``.
+    Each band unpools only its rows and the convolution's one-row halo
+    (:func:`unpool_rows`); the unpooled map is never held whole. Channels-last ``x``.
     """
     n, c, h, w = x.shape
     height, width = 2 * h, 2 * w
@@ -74,15 +102,7 @@ def unpool_conv_in_bands(x: torch.Tensor, indices: torch.Tensor, conv: nn.Conv2d
     out = x.new_empty((n, conv.out_channels, height, width)).contiguous(memory_format=torch.channels_last)
     for top in range(0, height, band_rows):
         bottom = min(top + band_rows, height)
-        first, last = max(0, (top - 1) // 2 - 1), min(h, bottom // 2 + 2)  # pooled rows that reach the band
-        rows = bottom - top + 2  # unpooled rows top - 1 .. bottom; rows outside the image stay zero
-        values = x[:, :, first:last].permute(0, 2, 3, 1).reshape(n, -1, c)
-        target = indices[:, :, first:last].permute(0, 2, 3, 1).reshape(n, -1, c) - (top - 1) * width
-        outside = (target < 0) | (target >= rows * width)
-        target.masked_fill_(outside, rows * width)  # one spare row takes what falls outside the band
-        band = x.new_zeros((n, (rows + 1) * width, c))
-        band.scatter_(1, target, values)
-        band = band.view(n, rows + 1, width, c).permute(0, 3, 1, 2)[:, :, :rows]
+        band = unpool_rows(x, indices, top - 1, bottom + 1)
         out[:, :, top:bottom] = F.conv2d(band, conv.weight, conv.bias, padding=(0, 1))
     return out
 
@@ -135,6 +155,32 @@ class DualDecoder(nn.Module):
             return self.decoder_final_l(unpool(matting, indices))
         return unpool_conv_in_bands(matting, indices, self.decoder_final_l)
 
+    def _level0_in_bands(self, semantic: torch.Tensor, coarse: torch.Tensor, indices: torch.Tensor,
+                         skip: torch.Tensor, stem: torch.Tensor, band_rows: int | None = None) -> torch.Tensor:
+        """Level 0 of the matting decoder at inference, in bands of rows: unpooling of ``coarse``
+        (decoder1_l's output, (N, C, h/2, w/2)) with ``indices`` and upsampling of ``semantic``
+        (decoder1_g's output, (N, C, h/2, w/2)), then TFI, sBFI and decoder0_l with the level-0
+        maps ``skip`` and ``stem`` ((N, C_i, h, w)). Returns decoder0_l's output, (N, C, h, w)
+        channels-last.
+
+        Each band is computed with as many extra rows on each side as it has 3x3 convolutions
+        (each corrupts one row at a band edge inside the map), then cropped; no level-0 input
+        of TFI, nor its concatenation, is held whole.
+        """
+        n, _, height, width = skip.shape
+        band_rows = band_rows or LEVEL0_BAND_ROWS
+        halo = 2 + sum(isinstance(layer, nn.Conv2d) for layer in self.decoder0_l)  # TFI, sBFI, decoder0_l
+        out = skip.new_empty((n, self.spec.matting[-2][-1], height, width))
+        out = out.contiguous(memory_format=torch.channels_last)
+        for top in range(0, height, band_rows):
+            bottom = min(top + band_rows, height)
+            first, last = max(0, top - halo), min(height, bottom + halo)
+            merged = self.tfi_0(upsample_rows(semantic, first, last), unpool_rows(coarse, indices, first, last),
+                                skip[:, :, first:last])
+            merged = self.sbfi_0(merged, stem[:, :, first:last])
+            out[:, :, top:bottom] = self.decoder0_l(merged)[:, :, top - first:bottom - first]
+        return out
+
     def forward(self, features: EncoderFeatures | list, need_global: bool = True,
                 need_local: bool = True) -> P3MOutput:
         """Decode ``features``; a branch that is not needed is not computed.
@@ -147,6 +193,7 @@ class DualDecoder(nn.Module):
         map is dropped as soon as it is used: at full resolution the last stages
         then run without the encoder's larger maps held in memory.
         """
+        banded = not (self.training or torch.onnx.is_in_onnx_export())  # level 0 of the matting decoder
         stem, skips, deepest, indices = features
         if isinstance(features, list):
             features.clear()
@@ -159,33 +206,39 @@ class DualDecoder(nn.Module):
         d2_g, side2 = self.dbfi_2(d3_g, deepest, need_global)
         d2_g = upsample(self.decoder2_g(d2_g), 2)
         d1_g, side1 = self.dbfi_1(d2_g, deepest, need_global)
-        d1_g = upsample(self.decoder1_g(d1_g), 2)
+        d1_g = self.decoder1_g(d1_g)
+        if not banded:
+            d1_g = upsample(d1_g, 2)
         global_logits = sides = None
         if need_global:
-            d0_g, side0 = self.dbfi_0(d1_g, deepest)
+            d0_g, side0 = self.dbfi_0(upsample(d1_g, 2) if banded else d1_g, deepest)
             global_logits = upsample(self.decoder0_g(d0_g), 2)
             del d0_g
             if self.spec.semantic_head:
                 global_logits = self.decoder_final_g(global_logits)
             sides = (side2, side1, side0)
-        semantic = [d1_g, d2_g, d3_g, d4_g]  # popped deepest first, like skips and indices
+        semantic = [d1_g, d2_g, d3_g, d4_g]  # popped deepest first, like skips and indices; d1_g at 1/2
+        # resolution, or (banded) at 1/4, upsampled band by band
         del d1_g, d2_g, d3_g, d4_g
 
         local_alpha = None
         if need_local:
             # Matting decoder: 1/32 -> 1/1, max-unpooling with the encoder's indices;
-            # TFI at every level, sBFI at levels 2, 1 and 0.
+            # TFI at every level, sBFI at levels 2, 1 and 0. At inference level 0 runs in bands.
+            lowest_whole = 1 if banded else 0
             matting = unpool(self.decoder4_l(deepest), indices.pop())
             del deepest
-            for level in (3, 2, 1, 0):
+            for level in range(3, lowest_whole - 1, -1):
                 merged = getattr(self, f"tfi_{level}")(semantic.pop(), matting, skips.pop())
                 del matting
                 if level < 3:
                     merged = getattr(self, f"sbfi_{level}")(merged, stem)
                 matting = getattr(self, f"decoder{level}_l")(merged)
                 del merged
-                if level:
+                if level > lowest_whole:
                     matting = unpool(matting, indices.pop())
+            if banded:
+                matting = self._level0_in_bands(semantic.pop(), matting, indices.pop(), skips.pop(), stem)
             del stem
             local_alpha = torch.sigmoid(self._final_alpha_logits(matting, indices.pop()))
 

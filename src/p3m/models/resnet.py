@@ -38,8 +38,10 @@ class BasicBlock(nn.Module):
 STEM_BAND_ROWS = 64
 
 
-def _pool(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return F.max_pool2d(x, kernel_size=3, stride=2, padding=1, return_indices=True)
+def _pool(x: torch.Tensor, compact: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """3x3/2 max-pool and its indices; ``compact``: indices as int32 (half the memory)."""
+    pooled, indices = F.max_pool2d(x, kernel_size=3, stride=2, padding=1, return_indices=True)
+    return pooled, indices.int() if compact else indices
 
 
 class ResNet34MaxPoolEncoder(nn.Module):
@@ -73,13 +75,14 @@ class ResNet34MaxPoolEncoder(nn.Module):
             del e0
         else:
             e0p, idx0, stem = self._pooled_stem_in_bands(image)
-        e1p, idx1 = _pool(e0p)
+        compact = not self.training
+        e1p, idx1 = _pool(e0p, compact)
         e1 = self.layer1(e1p)
-        e2p, idx2 = _pool(e1)
+        e2p, idx2 = _pool(e1, compact)
         e2 = self.layer2(e2p)
-        e3p, idx3 = _pool(e2)
+        e3p, idx3 = _pool(e2, compact)
         e3 = self.layer3(e3p)
-        e4p, idx4 = _pool(e3)
+        e4p, idx4 = _pool(e3, compact)
         e4 = self.layer4(e4p)
         return EncoderFeatures(stem, (e0p, e1, e2, e3), e4, (idx0, idx1, idx2, idx3, idx4))
 
@@ -89,14 +92,14 @@ class ResNet34MaxPoolEncoder(nn.Module):
 
         Same values and indices as pooling the whole full-resolution map, which is
         never held at once (64 channels at full resolution: 430 MB at 1056x1600).
-        Returns e0p and idx0 (the 3x3/2 pool and its indices) and the 2x2/2 stem,
-        each (N, 64, H/2, W/2).
+        Returns e0p and idx0 (the 3x3/2 pool and its indices, kept as int32: half the
+        memory of int64 until the last unpooling) and the 2x2/2 stem, each (N, 64, H/2, W/2).
         """
         n, _, height, width = image.shape
         shape = (n, self.conv1.out_channels, height // 2, width // 2)
         pooled = image.new_empty(shape).contiguous(memory_format=torch.channels_last)
         stem = torch.empty_like(pooled)
-        indices = torch.empty(shape, dtype=torch.int64).contiguous(memory_format=torch.channels_last)
+        indices = torch.empty(shape, dtype=torch.int32).contiguous(memory_format=torch.channels_last)
         padded = F.pad(image, (0, 0, 3, 3))  # conv1's zero rows; columns are padded by the convolution
         for top in range(0, shape[2], STEM_BAND_ROWS):
             bottom = min(top + STEM_BAND_ROWS, shape[2])

@@ -164,20 +164,54 @@ def test_inference_stem_in_bands_equals_the_whole_map(r34_model, monkeypatch):
             torch.testing.assert_close(banded[2], stem, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("band_rows", [1, 3, 16, 500])
-def test_last_unpooling_in_bands_equals_the_whole_map(band_rows):
-    """At inference the last unpooling and convolution run in bands of rows; ties between pooling
-    windows (several windows choosing one pixel: constant regions) must resolve as in the whole map."""
-    from p3m.models.decoder import unpool, unpool_conv_in_bands
+def _pooled_with_ties(seed: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 3x3/2 max-pool of a random map with a constant block, where overlapping windows
+    pick the same pixels; channels-last pooled values and int32 indices, as at inference."""
+    torch.manual_seed(seed)
+    full = torch.randn(shape)
+    full[:, :, shape[2] // 4:shape[2] // 2] = 0.5
+    pooled, indices = torch.nn.functional.max_pool2d(full.contiguous(memory_format=torch.channels_last),
+                                                     kernel_size=3, stride=2, padding=1, return_indices=True)
+    return pooled, indices.int()
 
-    torch.manual_seed(0)
-    full = torch.randn(2, 8, 38, 22)
-    full[:, :, 10:20] = 0.5  # a constant block: overlapping windows pick the same pixels
-    full = full.contiguous(memory_format=torch.channels_last)
-    pooled, indices = torch.nn.functional.max_pool2d(full, kernel_size=3, stride=2, padding=1, return_indices=True)
-    conv = torch.nn.Conv2d(8, 3, 3, padding=1).to(memory_format=torch.channels_last)
+
+def test_unpooled_and_upsampled_rows_equal_rows_of_the_whole_map():
+    from p3m.models.decoder import unpool, unpool_rows, upsample, upsample_rows
+
+    pooled, indices = _pooled_with_ties(0, (2, 8, 38, 22))
+    whole = unpool(pooled, indices)
+    for first, last in ((-1, 5), (0, 38), (7, 8), (13, 30), (33, 39)):
+        got = unpool_rows(pooled, indices, first, last)
+        expected = torch.zeros(2, 8, last - first, 22)
+        expected[:, :, max(0, -first):38 - first] = whole[:, :, max(0, first):last]
+        assert torch.equal(got, expected), (first, last)
+        offset = max(0, (first - 1) // 2)  # the band of pooled rows that reaches the rows
+        band = slice(offset, min(19, last // 2 + 1))
+        assert torch.equal(unpool_rows(pooled[:, :, band], indices[:, :, band], first, last, offset), expected)
+    upsampled = upsample(pooled, 2)
+    for first, last in ((0, 38), (0, 1), (5, 6), (12, 29), (37, 38)):
+        assert torch.equal(upsample_rows(pooled, first, last), upsampled[:, :, first:last]), (first, last)
+
+
+@pytest.mark.parametrize(("band_rows", "final_rows"), [(1, 64), (3, 64), (16, 5), (500, 64), (500, 7)])
+def test_matting_decoder_level0_in_bands_equals_the_whole_maps(band_rows, final_rows, monkeypatch):
+    """At inference the matting decoder runs from level 1 to the logits in bands of level-0 rows
+    (the last unpooling in sub-bands of full-resolution rows); ties between pooling windows must
+    resolve as in the whole maps."""
+    from p3m.models import decoder as decoder_module
+    from p3m.models.decoder import unpool, upsample
+
+    monkeypatch.setattr(decoder_module, "FINAL_BAND_ROWS", final_rows)
+
+    decoder = create_model("resnet34").eval().decoder
+    coarse, coarse_indices = _pooled_with_ties(1, (1, 64, 38, 22))
+    _, indices = _pooled_with_ties(2, (1, 64, 76, 44))
+    semantic, skip, stem = (torch.randn(1, 64, *size).contiguous(memory_format=torch.channels_last)
+                            for size in ((19, 11), (38, 22), (38, 22)))
     with torch.inference_mode():
-        whole = conv(unpool(pooled, indices))
-        banded = unpool_conv_in_bands(pooled, indices, conv, band_rows)
-    assert banded.shape == whole.shape == (2, 3, 38, 22)
+        merged = decoder.tfi_0(upsample(semantic, 2), unpool(coarse, coarse_indices), skip)
+        matting = decoder.decoder0_l(decoder.sbfi_0(merged, stem))
+        whole = decoder.decoder_final_l(unpool(matting, indices))
+        banded = decoder._level0_in_bands(semantic, coarse, coarse_indices, skip, stem, indices, band_rows)
+    assert banded.shape == whole.shape == (1, 1, 76, 44)
     torch.testing.assert_close(banded, whole, rtol=0, atol=1e-5)

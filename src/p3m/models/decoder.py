@@ -17,10 +17,10 @@ from p3m.models.features import EncoderFeatures, P3MOutput
 from p3m.models.layers import DBFI, SBFI, TFI, conv_stack, upsample
 
 
-# Output rows per band of the last (full-resolution) unpooling and convolution at inference.
-UNPOOL_BAND_ROWS = 128
-# Output rows per band of the matting decoder's level 0 (half resolution) at inference.
+# Rows per band of the matting decoder's last stages at inference: level-0 (half-resolution)
+# rows, and full-resolution rows of the last unpooling, within a level-0 band.
 LEVEL0_BAND_ROWS = 128
+FINAL_BAND_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -62,16 +62,19 @@ def unpool(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     return out.view(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
 
 
-def unpool_rows(x: torch.Tensor, indices: torch.Tensor, first: int, last: int) -> torch.Tensor:
-    """Rows ``first .. last - 1`` of ``unpool(x, indices)``: (N, C, h, w) -> (N, C, last - first, 2w),
-    channels-last ``x``; rows outside the unpooled map (``first`` < 0, ``last`` > 2h) are zero.
+def unpool_rows(x: torch.Tensor, indices: torch.Tensor, first: int, last: int, offset: int = 0) -> torch.Tensor:
+    """Rows ``first .. last - 1`` of the unpooled map: (N, C, h, w) -> (N, C, last - first, 2W),
+    channels-last ``x``; rows outside the unpooled map are zero.
 
-    Only the values whose index lands in those rows are scattered, in the order
-    :func:`unpool` scatters them, so the later window still wins.
+    ``x`` and ``indices`` hold the pooled rows ``offset .. offset + h - 1`` of a map whose
+    indices address a (2H, 2W) plane; with ``offset`` 0 and the whole map this is rows of
+    ``unpool(x, indices)``. Only the values whose index lands in those rows are scattered, in
+    the order :func:`unpool` scatters them, so the later window still wins.
     """
     n, c, h, w = x.shape
     width, rows = 2 * w, last - first
-    top, bottom = max(0, (first - 1) // 2), min(h, last // 2 + 1)  # pooled rows whose 3x3/2 windows reach the rows
+    top = max(0, (first - 1) // 2 - offset)  # pooled rows whose 3x3/2 windows reach the rows
+    bottom = min(h, last // 2 + 1 - offset)
     values = x[:, :, top:bottom].permute(0, 2, 3, 1).reshape(n, -1, c)
     target = indices[:, :, top:bottom].permute(0, 2, 3, 1).reshape(n, -1, c).to(torch.int64, copy=True)
     target.sub_(first * width)
@@ -86,25 +89,6 @@ def upsample_rows(x: torch.Tensor, first: int, last: int) -> torch.Tensor:
     (N, C, last - first, 2w), the same values, from the input rows they depend on."""
     top, bottom = max(0, (first - 1) // 2), min(x.shape[2], last // 2 + 1)
     return upsample(x[:, :, top:bottom], 2)[:, :, first - 2 * top:last - 2 * top]
-
-
-def unpool_conv_in_bands(x: torch.Tensor, indices: torch.Tensor, conv: nn.Conv2d,
-                         band_rows: int | None = None) -> torch.Tensor:
-    """``conv(unpool(x, indices))`` for a 3x3 convolution with padding 1, computed in bands
-    of output rows: (N, C, h, w) -> (N, conv.out_channels, 2h, 2w).
-
-    Each band unpools only its rows and the convolution's one-row halo
-    (:func:`unpool_rows`); the unpooled map is never held whole. Channels-last ``x``.
-    """
-    n, c, h, w = x.shape
-    height, width = 2 * h, 2 * w
-    band_rows = band_rows or UNPOOL_BAND_ROWS
-    out = x.new_empty((n, conv.out_channels, height, width)).contiguous(memory_format=torch.channels_last)
-    for top in range(0, height, band_rows):
-        bottom = min(top + band_rows, height)
-        band = unpool_rows(x, indices, top - 1, bottom + 1)
-        out[:, :, top:bottom] = F.conv2d(band, conv.weight, conv.bias, padding=(0, 1))
-    return out
 
 
 def fuse(global_logits: torch.Tensor, local_alpha: torch.Tensor) -> torch.Tensor:
@@ -148,38 +132,40 @@ class DualDecoder(nn.Module):
         self.dbfi_1 = DBFI(widths[2], spec.deep_channels, 8)
         self.dbfi_0 = DBFI(widths[3], spec.deep_channels, 16)
 
-    def _final_alpha_logits(self, matting: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        """The last unpooling and ``decoder_final_l``; at inference in bands, so that the
-        full-resolution 64-channel map is never held whole."""
-        if self.training or torch.onnx.is_in_onnx_export():
-            return self.decoder_final_l(unpool(matting, indices))
-        return unpool_conv_in_bands(matting, indices, self.decoder_final_l)
+    def _level0_in_bands(self, semantic: torch.Tensor, coarse: torch.Tensor, coarse_indices: torch.Tensor,
+                         skip: torch.Tensor, stem: torch.Tensor, indices: torch.Tensor,
+                         band_rows: int | None = None) -> torch.Tensor:
+        """The matting decoder from level 1 to the alpha logits, at inference, in bands of rows.
 
-    def _level0_in_bands(self, semantic: torch.Tensor, coarse: torch.Tensor, indices: torch.Tensor,
-                         skip: torch.Tensor, stem: torch.Tensor, band_rows: int | None = None) -> torch.Tensor:
-        """Level 0 of the matting decoder at inference, in bands of rows: unpooling of ``coarse``
-        (decoder1_l's output, (N, C, h/2, w/2)) with ``indices`` and upsampling of ``semantic``
-        (decoder1_g's output, (N, C, h/2, w/2)), then TFI, sBFI and decoder0_l with the level-0
-        maps ``skip`` and ``stem`` ((N, C_i, h, w)). Returns decoder0_l's output, (N, C, h, w)
-        channels-last.
-
-        Each band is computed with as many extra rows on each side as it has 3x3 convolutions
-        (each corrupts one row at a band edge inside the map), then cropped; no level-0 input
-        of TFI, nor its concatenation, is held whole.
+        Per band: unpooling of ``coarse`` (decoder1_l's output, (N, C, h/2, w/2)) with
+        ``coarse_indices``, upsampling of ``semantic`` (decoder1_g's output, (N, C, h/2, w/2)),
+        TFI, sBFI and decoder0_l with the level-0 maps ``skip`` and ``stem`` ((N, C_i, h, w)),
+        then the last unpooling with ``indices`` and ``decoder_final_l``. Returns the logits,
+        (N, 1, 2h, 2w). Each band is computed with extra rows on each side, one per 3x3
+        convolution (each corrupts one row at a band edge inside the map), then cropped; no
+        map of level 0 or of full resolution is held whole.
         """
         n, _, height, width = skip.shape
         band_rows = band_rows or LEVEL0_BAND_ROWS
-        halo = 2 + sum(isinstance(layer, nn.Conv2d) for layer in self.decoder0_l)  # TFI, sBFI, decoder0_l
-        out = skip.new_empty((n, self.spec.matting[-2][-1], height, width))
-        out = out.contiguous(memory_format=torch.channels_last)
+        convs = 2 + sum(isinstance(layer, nn.Conv2d) for layer in self.decoder0_l)  # TFI, sBFI, decoder0_l
+        final = self.decoder_final_l
+        logits = skip.new_empty((n, final.out_channels, 2 * height, 2 * width))
+        logits = logits.contiguous(memory_format=torch.channels_last)
         for top in range(0, height, band_rows):
             bottom = min(top + band_rows, height)
-            first, last = max(0, top - halo), min(height, bottom + halo)
-            merged = self.tfi_0(upsample_rows(semantic, first, last), unpool_rows(coarse, indices, first, last),
-                                skip[:, :, first:last])
+            # decoder0_l rows [low, high) reach the last convolution's rows [2 top, 2 bottom)
+            low, high = max(0, top - 1), min(height, bottom + 1)
+            first, last = max(0, low - convs), min(height, high + convs)
+            merged = self.tfi_0(upsample_rows(semantic, first, last),
+                                unpool_rows(coarse, coarse_indices, first, last), skip[:, :, first:last])
             merged = self.sbfi_0(merged, stem[:, :, first:last])
-            out[:, :, top:bottom] = self.decoder0_l(merged)[:, :, top - first:bottom - first]
-        return out
+            matting = self.decoder0_l(merged)[:, :, low - first:high - first]
+            del merged
+            for row in range(2 * top, 2 * bottom, FINAL_BAND_ROWS):
+                end = min(row + FINAL_BAND_ROWS, 2 * bottom)
+                unpooled = unpool_rows(matting, indices[:, :, low:high], row - 1, end + 1, offset=low)
+                logits[:, :, row:end] = F.conv2d(unpooled, final.weight, final.bias, padding=(0, 1))
+        return logits
 
     def forward(self, features: EncoderFeatures | list, need_global: bool = True,
                 need_local: bool = True) -> P3MOutput:
@@ -238,9 +224,12 @@ class DualDecoder(nn.Module):
                 if level > lowest_whole:
                     matting = unpool(matting, indices.pop())
             if banded:
-                matting = self._level0_in_bands(semantic.pop(), matting, indices.pop(), skips.pop(), stem)
-            del stem
-            local_alpha = torch.sigmoid(self._final_alpha_logits(matting, indices.pop()))
+                logits = self._level0_in_bands(semantic.pop(), matting, indices.pop(), skips.pop(), stem,
+                                               indices.pop())
+            else:
+                logits = self.decoder_final_l(unpool(matting, indices.pop()))
+            del stem, matting
+            local_alpha = torch.sigmoid(logits)
 
         fused = fuse(global_logits, local_alpha) if need_global and need_local else None
         return P3MOutput(global_logits, local_alpha, fused, sides)

@@ -68,20 +68,18 @@ def unpool_rows(x: torch.Tensor, indices: torch.Tensor, first: int, last: int, o
 
     ``x`` and ``indices`` hold the pooled rows ``offset .. offset + h - 1`` of a map whose
     indices address a (2H, 2W) plane; with ``offset`` 0 and the whole map this is rows of
-    ``unpool(x, indices)``. Only the values whose index lands in those rows are scattered, in
-    the order :func:`unpool` scatters them, so the later window still wins.
+    ``unpool(x, indices)``. Only the pooled rows whose 3x3/2 windows reach those rows are
+    scattered, in the order :func:`unpool` scatters them, so the later window still wins.
     """
     n, c, h, w = x.shape
-    width, rows = 2 * w, last - first
-    top = max(0, (first - 1) // 2 - offset)  # pooled rows whose 3x3/2 windows reach the rows
-    bottom = min(h, last // 2 + 1 - offset)
+    width = 2 * w
+    top, bottom = max(0, (first - 1) // 2 - offset), min(h, last // 2 + 1 - offset)
+    start, end = min(first, 2 * (offset + top) - 1), max(last, 2 * (offset + bottom))  # rows they reach
     values = x[:, :, top:bottom].permute(0, 2, 3, 1).reshape(n, -1, c)
     target = indices[:, :, top:bottom].permute(0, 2, 3, 1).reshape(n, -1, c).to(torch.int64, copy=True)
-    target.sub_(first * width)
-    target.masked_fill_((target < 0) | (target >= rows * width), rows * width)  # a spare row takes the rest
-    band = x.new_zeros((n, (rows + 1) * width, c))
-    band.scatter_(1, target, values)
-    return band.view(n, rows + 1, width, c).permute(0, 3, 1, 2)[:, :, :rows]
+    band = x.new_zeros((n, (end - start) * width, c))
+    band.scatter_(1, target.sub_(start * width), values)
+    return band.view(n, end - start, width, c).permute(0, 3, 1, 2)[:, :, first - start:last - start]
 
 
 def upsample_rows(x: torch.Tensor, first: int, last: int) -> torch.Tensor:

@@ -164,6 +164,19 @@ def test_inference_stem_in_bands_equals_the_whole_map(r34_model, monkeypatch):
             torch.testing.assert_close(banded[2], stem, rtol=0, atol=1e-6)
 
 
+def test_inference_in_bands_keeps_the_raw_outputs(r34_model, fixtures_dir, monkeypatch):
+    from p3m.models import decoder
+
+    image = torch.from_numpy(np.load(fixtures_dir / "r34_forward_96x128.npz")["input"])
+    with torch.inference_mode():
+        whole = r34_model(image)
+        monkeypatch.setattr(decoder, "BANDED_MIN_PIXELS", 0)
+        monkeypatch.setattr(decoder, "LEVEL0_BAND_ROWS", 7)
+        banded = r34_model(image)
+    torch.testing.assert_close(banded.local_alpha, whole.local_alpha, rtol=0, atol=1e-6)
+    assert torch.equal(banded.global_logits, whole.global_logits)
+
+
 def _pooled_with_ties(seed: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """A 3x3/2 max-pool of a random map with a constant block, where overlapping windows
     pick the same pixels; channels-last pooled values and int32 indices, as at inference."""

@@ -20,7 +20,10 @@ from p3m.models.layers import DBFI, SBFI, TFI, conv_stack, upsample
 # Rows per band of the matting decoder's last stages at inference: level-0 (half-resolution)
 # rows, and full-resolution rows of the last unpooling, within a level-0 band.
 LEVEL0_BAND_ROWS = 128
-FINAL_BAND_ROWS = 64
+FINAL_BAND_ROWS = 128
+# Level-0 maps of fewer pixels are decoded whole at inference: banding would save little
+# memory there, and its many smaller operations cost more time than they save.
+BANDED_MIN_PIXELS = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -177,8 +180,9 @@ class DualDecoder(nn.Module):
         map is dropped as soon as it is used: at full resolution the last stages
         then run without the encoder's larger maps held in memory.
         """
-        banded = not (self.training or torch.onnx.is_in_onnx_export())  # level 0 of the matting decoder
         stem, skips, deepest, indices = features
+        banded = not (self.training or torch.onnx.is_in_onnx_export()) and \
+            stem.shape[-2] * stem.shape[-1] >= BANDED_MIN_PIXELS  # level 0 of the matting decoder
         if isinstance(features, list):
             features.clear()
         del features

@@ -16,8 +16,9 @@ field       shape                     role
 The stem is handed over pooled so that the full-resolution map is freed with
 the encoder; every sBFI pooling (2x2, stride 2, 4 or 8) is a subsample of it.
 ``indices[i]`` has the shape of the level-(i+1) feature map and indexes into
-level i, as returned by ``max_pool2d(..., return_indices=True)``; the matting
-decoder unpools with them.
+level i, as returned by ``max_pool2d(..., return_indices=True)`` (int64, or int32
+at inference, where the ResNet-34 encoder halves their memory); the matting decoder
+unpools with them.
 """
 from __future__ import annotations
 

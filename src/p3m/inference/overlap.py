@@ -24,11 +24,12 @@ def overlapped(items: Iterable[Item], load: Callable[[Item], Loaded], run: Calla
 
     ``load`` runs in a background thread ``ahead`` (at least 1) items ahead of
     ``run``, ``run`` in the caller's thread, ``finish`` in a second background
-    thread with at most ``behind`` items waiting for it or under way, so at most
-    ``ahead + behind + 1`` items are held at once. The stages are expected to catch an item's own
-    errors; any exception that escapes one (Ctrl-C included) ends the iteration:
-    loads and finishes not yet started are dropped, and the ones under way run
-    to their end first, so a write is never cut short.
+    thread with at most ``behind`` items waiting for it or under way, so at
+    most ``ahead + behind + 1`` items are held at once. The stages are expected
+    to catch an item's own errors; any exception that escapes one (Ctrl-C
+    included) ends the iteration: loads and finishes not yet started are
+    dropped, and the ones under way run to their end first, so a write is
+    never cut short.
     """
     loader = ThreadPoolExecutor(1, thread_name_prefix="p3m-load")
     finisher = ThreadPoolExecutor(1, thread_name_prefix="p3m-finish")

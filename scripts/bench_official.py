@@ -246,6 +246,45 @@ def run_child(config: dict) -> dict:
     return {**json.loads(stdout.strip().splitlines()[-1]), "rss": process.peak_rss}
 
 
+def compare(model: str, method: str, checkpoint: Path, image: Path, official_core: Path, repeat: int,
+            threads: int | None, folder: Path) -> dict[str, list[dict]]:
+    """Alternate a fresh official process and a fresh p3m process for ``repeat`` rounds; their outcomes by side.
+    Each side's last alpha is left in ``folder`` as MODEL-METHOD-SIDE.npy."""
+    outcomes = {"official": [], "p3m": []}
+    for round_number in range(repeat):
+        for side in outcomes:
+            config = {"model": model, "method": method, "weights": str(checkpoint), "image": str(image),
+                      "threads": threads, "alpha_path": str(folder / f"{model}-{method}-{side}.npy"),
+                      "official": str(official_core) if side == "official" else None}
+            outcome = run_child(config)
+            outcomes[side].append(outcome)
+            print(f"  round {round_number + 1}: {side} {model} {method} {outcome['seconds']:.2f} s "
+                  f"{outcome['rss'] / 2**30:.2f} GB", file=sys.stderr, flush=True)
+    return outcomes
+
+
+def table_rows(model: str, method: str, outcomes: dict[str, list[dict]], folder: Path) -> list[list[str]]:
+    """The official row and the p3m row: medians, largest peak RSS, ratios, alpha difference."""
+    reference, ours = (np.load(folder / f"{model}-{method}-{side}.npy") for side in ("official", "p3m"))
+    difference = np.abs(ours - reference)
+    height, width = reference.shape
+    rows, official = [], None
+    for side, measured in outcomes.items():
+        seconds = statistics.median(outcome["seconds"] for outcome in measured)
+        cpu = statistics.median(outcome["cpu_seconds"] for outcome in measured)
+        rss = max(outcome["rss"] for outcome in measured)
+        row = [side, model, method.upper(), f"{height}x{width}", f"{seconds:.2f}", f"{cpu:.2f}",
+               f"{rss / 2**30:.2f} GB"]
+        if official is None:
+            official = seconds, rss
+            row += ["1.00", "1.00", "(reference)"]
+        else:
+            row += [f"**{official[0] / seconds:.2f}x**", f"{rss / official[1]:.2f}",
+                    f"max {difference.max():.2e}, mean {difference.mean():.2e}"]
+        rows.append(row)
+    return rows
+
+
 def make_checkpoint(model: str, folder: Path) -> Path:
     """The deterministic official-format checkpoint of ``model``, with any pinned random features."""
     recipe = load_file_module("make_checkpoint", FIXTURES / "make_checkpoint.py")
@@ -319,38 +358,12 @@ def main() -> None:
         if "vitae-s" in checkpoints:
             images["vitae-s"] = resized_copy(args.image, *args.vitae_size, folder)
         for model, method in args.runs:
-            outcomes = {"official": [], "p3m": []}
-            for round_number in range(args.repeat):
-                for side in ("official", "p3m"):
-                    alpha_path = folder / f"{model}-{method}-{side}.npy"
-                    config = {"model": model, "method": method, "weights": str(checkpoints[model]),
-                              "image": str(images[model]), "threads": args.threads, "alpha_path": str(alpha_path),
-                              "official": str(official[model].resolve()) if side == "official" else None}
-                    outcome = run_child(config)
-                    threads.add(outcome["threads"])
-                    stand_ins.update(outcome["stand_ins"])
-                    outcomes[side].append(outcome)
-                    print(f"  round {round_number + 1}: {side} {model} {method} {outcome['seconds']:.2f} s "
-                          f"{outcome['rss'] / 2**30:.2f} GB", file=sys.stderr, flush=True)
-            reference, ours = (np.load(folder / f"{model}-{method}-{side}.npy") for side in ("official", "p3m"))
-            difference = np.abs(ours - reference) if ours.shape == reference.shape else None
-            height, width = reference.shape
-            summary = {}
-            for side in ("official", "p3m"):
-                seconds = statistics.median(outcome["seconds"] for outcome in outcomes[side])
-                cpu = statistics.median(outcome["cpu_seconds"] for outcome in outcomes[side])
-                rss = max(outcome["rss"] for outcome in outcomes[side])
-                summary[side] = (seconds, rss)
-                row = [side, model, method.upper(), f"{height}x{width}", f"{seconds:.2f}", f"{cpu:.2f}",
-                       f"{rss / 2**30:.2f} GB"]
-                if side == "official":
-                    row += ["1.00", "1.00", "(reference)"]
-                else:
-                    official_seconds, official_rss = summary["official"]
-                    error = ("shapes differ" if difference is None
-                             else f"max {difference.max():.2e}, mean {difference.mean():.2e}")
-                    row += [f"**{official_seconds / seconds:.2f}x**", f"{rss / official_rss:.2f}", error]
-                rows.append(row)
+            outcomes = compare(model, method, checkpoints[model], images[model], official[model].resolve(),
+                               args.repeat, args.threads, folder)
+            rows += table_rows(model, method, outcomes, folder)
+            for outcome in outcomes["official"] + outcomes["p3m"]:
+                threads.add(outcome["threads"])
+                stand_ins.update(outcome["stand_ins"])
     load_after = os.getloadavg()
     print(f"fp32 CPU, torch threads {'/'.join(map(str, sorted(threads)))}, {args.repeat} round(s), "
           f"median of the timed calls; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after; "

@@ -108,7 +108,7 @@ class PerformerAttention(nn.Module):
         # (N, heads, L, head_dim) -> (N, heads, L, m)
         projected = torch.matmul(x, self.w.transpose(-2, -1).unsqueeze(0))
         half_norm = x.square().sum(dim=-1, keepdim=True) / 2
-        return torch.exp(projected - half_norm) / math.sqrt(self.m)
+        return torch.exp(projected.sub_(half_norm)) / math.sqrt(self.m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, dim = x.shape
@@ -149,8 +149,11 @@ class NormalCell(nn.Module):
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         conv = map_to_tokens(self.PCM(tokens_to_map(x, size)))
-        x = x + self.attn(self.norm1(x)) + conv
-        return x + self.mlp(self.norm2(x))
+        # The residual sums accumulate into the fresh branch outputs (no backward needs
+        # those), in the official order: (x + attn) + conv, then x + mlp.
+        x = self.attn(self.norm1(x)).add_(x).add_(conv)
+        del conv
+        return self.mlp(self.norm2(x)).add_(x)
 
 
 class PatchEmbed(nn.Module):

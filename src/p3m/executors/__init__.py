@@ -8,7 +8,9 @@ not once per file. Items are listed on the driver; workers read the inputs and
 write the outputs themselves, so every path must be readable and writable
 from every worker (a shared file system on a cluster).
 
-``local`` runs the step here, one file after the other (the default);
+``local`` runs the step here, one file after the other (the default; a step
+that offers ``overlapped(items)``, as ``p3m matte``'s does, reads the next file
+and writes the last one's outputs while its network works);
 ``ray`` runs it on Ray actors (the ``p3m[ray]`` extra).
 """
 from __future__ import annotations

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from functools import partial
 from io import BytesIO
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Generator, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -23,7 +22,8 @@ from PIL import Image
 from p3m.inference.compose import FOREGROUND_MODES, Background, output_images
 from p3m.inference.matter import Matter, MatteResult
 from p3m.inference.video import VideoOptions, matte_video, video_targets
-from p3m.io import ImageReadError, OutputFolder, UnsafeOutputError, output_complete
+from p3m.inference.overlap import overlapped
+from p3m.io import ImageReadError, OutputFolder, UnsafeOutputError, output_complete, read_image
 from p3m.io.video import VideoReadError, is_video_file
 
 OUTPUT_KINDS = ("alpha", "rgba", "composite", "trimap")
@@ -121,8 +121,7 @@ class MatteSetup:
 
     ``matter`` is a :class:`Matter`, or a callable without arguments that builds
     one (``functools.partial(Matter, ...)``): a worker calls it once and mattes
-    every file it gets with that model. Calling the setup returns
-    ``step((source, relative)) -> (status, message)``, see :func:`matte_file`.
+    every file it gets with that model. Calling the setup returns a :class:`MatteStep`.
     """
 
     def __init__(self, matter: Matter | Callable[[], Matter], out_dir: os.PathLike, options: MatteOptions,
@@ -130,44 +129,99 @@ class MatteSetup:
         self.matter, self.out_dir, self.options, self.outputs = matter, Path(out_dir), options, outputs
         self.frame_progress = frame_progress
 
-    def __call__(self) -> Callable[[tuple[Path, Path]], tuple[str, str | None]]:
+    def __call__(self) -> "MatteStep":
         matter = self.matter if isinstance(self.matter, Matter) else self.matter()
         background = Background(self.options.background) if "composite" in self.options.outputs else None
-        return partial(matte_file, matter, out_dir=self.out_dir, options=self.options, background=background,
-                       outputs=self.outputs, frame_progress=self.frame_progress)
+        return MatteStep(matter, self.out_dir, self.options, background, self.outputs, self.frame_progress)
 
 
-def matte_file(matter: Matter, pair: tuple[Path, Path], out_dir: Path, options: MatteOptions,
-               background: Background | None, outputs: OutputFolder,
-               frame_progress: bool = False) -> tuple[str, str | None]:
-    """Matte one (source, relative) pair, an image or a video, into ``out_dir``; never raises for a bad file.
+@dataclass
+class _Job:
+    """One file on its way through :class:`MatteStep`'s stages."""
 
-    Returns ("written" | "skipped" | "failed", the one-line error or None).
+    source: Path
+    relative: Path
+    targets: dict[str, Path]
+    image: np.ndarray | None = None  # (H, W, 3) uint8, decoded by load
+    result: MatteResult | None = None  # set by run
+    outcome: tuple[str, str | None] | None = None  # set as soon as it is known
+
+
+class MatteStep:
+    """Mattes one (source, relative) pair, an image or a video, into ``out_dir``; never raises for a bad file.
+
+    ``step(pair)`` returns ("written" | "skipped" | "failed", the one-line error
+    or None). It runs three stages in turn: :meth:`load` (skip complete outputs,
+    decode), :meth:`run` (the network; a video is matted whole here) and
+    :meth:`finish` (foreground, encoding, writes); :meth:`overlapped` runs the
+    first and last beside the network over many pairs.
     """
-    source, relative = pair
-    targets = output_targets(out_dir, relative, options.outputs, options.frames)
-    if not options.overwrite:
-        targets = {kind: path for kind, path in targets.items() if not _complete(path, options.frames)}
+
+    def __init__(self, matter: Matter, out_dir: Path, options: MatteOptions, background: Background | None,
+                 outputs: OutputFolder, frame_progress: bool = False):
+        self.matter, self.out_dir, self.options, self.background = matter, out_dir, options, background
+        self.outputs, self.frame_progress = outputs, frame_progress
+
+    def __call__(self, pair: tuple[Path, Path]) -> tuple[str, str | None]:
+        return self.finish(self.run(self.load(pair)))
+
+    def overlapped(self, pairs: Iterable[tuple[Path, Path]]) -> Iterator[tuple[str, str | None]]:
+        """The outcome of each pair, in order, decoding the next image and writing the
+        previous one's outputs while the network works (see :func:`p3m.inference.overlap.overlapped`)."""
+        return overlapped(pairs, self.load, self.run, self.finish)
+
+    def load(self, pair: tuple[Path, Path]) -> _Job:
+        source, relative = pair
+        targets = output_targets(self.out_dir, relative, self.options.outputs, self.options.frames)
+        if not self.options.overwrite:
+            targets = {kind: path for kind, path in targets.items() if not _complete(path, self.options.frames)}
+        job = _Job(source, relative, targets)
         if not targets:
-            return SKIPPED, None
-    try:
-        if is_video_file(relative):
-            video_options = VideoOptions(tuple(targets), background, options.foreground, options.alpha_depth,
-                                         options.frames, options.temporal_smooth, options.png_compression)
-            matte_video(matter, source, targets, video_options, progress=frame_progress, root=outputs.root,
-                        inputs=outputs.inputs)
-        else:
-            write_outputs(matter.predict(source), targets, options, background, outputs)
-    except (ImageReadError, VideoReadError, UnsafeOutputError) as error:
-        return FAILED, str(error)
-    except Exception as error:  # noqa: BLE001 - one file's failure, whatever it is, must not end the batch
-        return FAILED, f"{source}: {type(error).__name__}: {_first_line(error)}"
-    return WRITTEN, None
+            job.outcome = (SKIPPED, None)
+        elif not is_video_file(relative):
+            try:
+                job.image = read_image(source)
+            except Exception as error:  # noqa: BLE001 - one file's failure, whatever it is, must not end the batch
+                job.outcome = _failure(source, error)
+        return job
+
+    def run(self, job: _Job) -> _Job:
+        if job.outcome is not None:
+            return job
+        options = self.options
+        try:
+            if is_video_file(job.relative):
+                video_options = VideoOptions(tuple(job.targets), self.background, options.foreground,
+                                             options.alpha_depth, options.frames, options.temporal_smooth,
+                                             options.png_compression)
+                matte_video(self.matter, job.source, job.targets, video_options, progress=self.frame_progress,
+                            root=self.outputs.root, inputs=self.outputs.inputs)
+                job.outcome = (WRITTEN, None)
+            else:
+                job.result, job.image = self.matter.predict(job.image), None
+        except Exception as error:  # noqa: BLE001 - one file's failure, whatever it is, must not end the batch
+            job.outcome = _failure(job.source, error)
+        return job
+
+    def finish(self, job: _Job) -> tuple[str, str | None]:
+        if job.outcome is None:
+            try:
+                write_outputs(job.result, job.targets, self.options, self.background, self.outputs)
+                job.outcome = (WRITTEN, None)
+            except Exception as error:  # noqa: BLE001 - one file's failure, whatever it is, must not end the batch
+                job.outcome = _failure(job.source, error)
+        return job.outcome
+
+
+def _failure(source: Path, error: Exception) -> tuple[str, str]:
+    if isinstance(error, (ImageReadError, VideoReadError, UnsafeOutputError)):
+        return FAILED, str(error)  # these name the file already
+    return FAILED, f"{source}: {type(error).__name__}: {_first_line(error)}"
 
 
 def collect_report(pairs: Sequence[tuple[Path, Path]], outcomes: Iterable[tuple[str, str | None]],
                    on_error: Callable[[Path, str], None] | None = None) -> BatchReport:
-    """The report of a batch from the outcomes of :func:`matte_file`, in the order of ``pairs``.
+    """The report of a batch from the outcomes of a :class:`MatteStep`, in the order of ``pairs``.
 
     ``on_error(path, message)`` is called for each failed file as its outcome
     arrives; Ctrl-C ends the batch with ``report.interrupted`` set.
@@ -185,6 +239,8 @@ def collect_report(pairs: Sequence[tuple[Path, Path]], outcomes: Iterable[tuple[
                     on_error(source, message)
     except KeyboardInterrupt:
         report.interrupted = True
+        if isinstance(outcomes, Generator):
+            outcomes.close()  # stops its threads now; a write under way ends first
     return report
 
 
@@ -200,17 +256,24 @@ def matte_files(matter: Matter, pairs: Sequence[tuple[Path, Path]], out_dir: os.
     the batch goes on. Ctrl-C ends the batch with ``report.interrupted`` set.
     ``outputs`` defaults to ``out_dir`` guarding the sources of ``pairs``.
     ``progress`` shows a bar over files, ``frame_progress`` one over each video's frames.
+    Images are decoded and their outputs written beside the network (:meth:`MatteStep.overlapped`);
     ``p3m.executors`` runs the same step on Ray actors.
     """
     if outputs is None:
         outputs = OutputFolder(out_dir, [source for source, _ in pairs])
     step = MatteSetup(matter, out_dir, options, outputs, frame_progress)()
-    iterator = pairs
-    if progress:
-        from tqdm import tqdm
+    return collect_report(pairs, _counted(step.overlapped(pairs), len(pairs), progress), on_error)
 
-        iterator = tqdm(pairs, desc="matting", unit="image", dynamic_ncols=True, disable=None)  # None: TTY only
-    return collect_report(pairs, map(step, iterator), on_error)
+
+def _counted(outcomes: Iterable, total: int, progress: bool) -> Iterator:
+    """``outcomes``, advancing a progress bar (on a terminal, when ``progress``) as each arrives."""
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc="matting", unit="image", dynamic_ncols=True,
+              disable=None if progress else True) as bar:  # None: TTY only
+        for outcome in outcomes:
+            bar.update()
+            yield outcome
 
 
 def _complete(path: Path, frames: bool) -> bool:

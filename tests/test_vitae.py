@@ -12,7 +12,7 @@ import p3m
 from p3m.checkpoint import CheckpointError, load_weights, read_checkpoint, save_weights
 from p3m.models import EncoderFeatures, create_model, get_spec, list_models
 from p3m.models.vitae import performer_seed
-from p3m.models.vitae_layers import orthogonal_random_features
+from p3m.models.vitae_layers import NormalCell, map_to_tokens, orthogonal_random_features, tokens_to_map
 
 RAW_OUTPUTS = ("global", "local", "side2", "side1", "side0")
 PERFORMER_KEYS = ("encoder.layers.0.NC.0.attn.w", "encoder.layers.0.NC.1.attn.w")
@@ -135,6 +135,31 @@ def test_features_in_the_checkpoint_replace_the_seeded_ones(vitae_model, seeded_
     image = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         assert not torch.allclose(vitae_model(image).global_logits, seeded_model(image).global_logits)
+
+
+@pytest.mark.parametrize("performer", [True, False])
+def test_normal_cell_trains_like_its_formula(performer):
+    """The cell sums its residuals in place: outputs and gradients are those of
+    ``x + attn(norm1(x)) + PCM(x)``, then ``+ mlp(norm2(.))``, computed out of place."""
+    torch.manual_seed(0)
+    cell = NormalCell(64, 1 if performer else 2, 8, performer=performer, seed=3).train()
+    tokens = torch.randn(2, 6 * 8, 64, requires_grad=True)
+    output = cell(tokens, (6, 8))
+    output.square().sum().backward()
+    grads = [tokens.grad] + [parameter.grad for parameter in cell.parameters()]
+    tokens.grad = None
+    cell.zero_grad()
+    x = tokens + cell.attn(cell.norm1(tokens)) + map_to_tokens(cell.PCM(tokens_to_map(tokens, (6, 8))))
+    expected_output = x + cell.mlp(cell.norm2(x))
+    expected_output.square().sum().backward()
+    expected = [tokens.grad] + [parameter.grad for parameter in cell.parameters()]
+    torch.testing.assert_close(output, expected_output, rtol=0, atol=0)
+    assert sum(grad is not None for grad in grads) >= 15
+    for grad, reference in zip(grads, expected):
+        if reference is None:
+            assert grad is None
+        else:
+            torch.testing.assert_close(grad, reference, rtol=1e-5, atol=1e-6)
 
 
 def test_registry_entry():

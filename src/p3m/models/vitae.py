@@ -11,7 +11,6 @@ import re
 import zlib
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from p3m.models.decoder import DecoderSpec
@@ -72,9 +71,7 @@ class ViTAESMaxPoolEncoder(nn.Module):
     def forward(self, image: torch.Tensor) -> EncoderFeatures:
         height, width = image.shape[-2:]
         first = self.layers[0]
-        tokens, (idx0, idx1), (full, half) = first.RC(image.contiguous(memory_format=torch.channels_last))
-        stem = F.max_pool2d(full, kernel_size=2, stride=2)
-        del full
+        tokens, (idx0, idx1), (stem, half) = first.RC(image.contiguous(memory_format=torch.channels_last))
         size = (height // 4, width // 4)
         for cell in first.NC:
             tokens = cell(tokens, size)

@@ -108,7 +108,7 @@ class PerformerAttention(nn.Module):
         # (N, heads, L, head_dim) -> (N, heads, L, m)
         projected = torch.matmul(x, self.w.transpose(-2, -1).unsqueeze(0))
         half_norm = x.square().sum(dim=-1, keepdim=True) / 2
-        return torch.exp(projected - half_norm) / math.sqrt(self.m)
+        return torch.exp(projected.sub_(half_norm)) / math.sqrt(self.m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, dim = x.shape
@@ -149,15 +149,20 @@ class NormalCell(nn.Module):
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         conv = map_to_tokens(self.PCM(tokens_to_map(x, size)))
-        x = x + self.attn(self.norm1(x)) + conv
-        return x + self.mlp(self.norm2(x))
+        # The residual sums accumulate into the fresh branch outputs (no backward needs
+        # those), in the official order: (x + attn) + conv, then x + mlp.
+        x = self.attn(self.norm1(x)).add_(x).add_(conv)
+        del conv
+        return self.mlp(self.norm2(x)).add_(x)
 
 
 class PatchEmbed(nn.Module):
     """First reduction cell: three 3x3 convs with two indexed 2x2 max-pools (1/4 scale).
 
-    Returns the tokens at 1/4 scale, the two pooling indices and the features
-    before each pool: (N, dim/2, H, W) after proj1 and (N, dim, H/2, W/2) after proj2.
+    Returns the tokens at 1/4 scale, the two pooling indices, the pooled
+    full-resolution features (N, dim/2, H/2, W/2) (the encoder's stem) and the
+    features before the second pool (N, dim, H/2, W/2). The full-resolution map
+    after proj1 is freed as soon as it is pooled.
     """
 
     def __init__(self, in_channels: int, dim: int):
@@ -168,12 +173,11 @@ class PatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, image: torch.Tensor):
-        full = F.relu(self.proj1(image))
-        x, idx_full = F.max_pool2d(full, 2, 2, return_indices=True)
-        half = F.relu(self.proj2(x))
+        pooled_full, idx_full = F.max_pool2d(F.relu(self.proj1(image), inplace=True), 2, 2, return_indices=True)
+        half = F.relu(self.proj2(pooled_full), inplace=True)
         x, idx_half = F.max_pool2d(half, 2, 2, return_indices=True)
         tokens = self.norm(map_to_tokens(self.proj3(x)))
-        return tokens, (idx_full, idx_half), (full, half)
+        return tokens, (idx_full, idx_half), (pooled_full, half)
 
 
 class PatchMerging(nn.Module):

@@ -19,4 +19,7 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet torch==2.13.0
 .venv/bin/python -m pip install --quiet -e ".[torch,onnx,test,serve,ikomia,video,ray]"
+# pymatting compiles its numba kernels on first use (about a minute, cached on disk): do it here,
+# as a user's first `p3m dataset prepare` would, so the test run does not pay it.
+.venv/bin/python -c "import numpy as np; from p3m.data.prepare import estimate_fg_bg; estimate_fg_bg(np.zeros((16, 16, 3), np.uint8), np.full((16, 16), 128, np.uint8))"
 .venv/bin/python -c "import torch, p3m; print(f'p3m {p3m.__version__} with torch {torch.__version__} ready in .venv')"

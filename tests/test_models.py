@@ -188,22 +188,31 @@ def _pooled_with_ties(seed: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, 
     return pooled, indices.int()
 
 
-def test_unpooled_and_upsampled_rows_equal_rows_of_the_whole_map():
-    from p3m.models.decoder import unpool, unpool_rows, upsample, upsample_rows
+def test_unpooled_and_upsampled_crops_equal_windows_of_the_whole_map():
+    from p3m.models.decoder import unpool, unpool_crop, upsample, upsample_crop
 
     pooled, indices = _pooled_with_ties(0, (2, 8, 38, 22))
     whole = unpool(pooled, indices)
-    for first, last in ((-1, 5), (0, 38), (7, 8), (13, 30), (33, 39)):
-        got = unpool_rows(pooled, indices, first, last)
-        expected = torch.zeros(2, 8, last - first, 22)
-        expected[:, :, max(0, -first):38 - first] = whole[:, :, max(0, first):last]
-        assert torch.equal(got, expected), (first, last)
-        offset = max(0, (first - 1) // 2)  # the band of pooled rows that reaches the rows
-        band = slice(offset, min(19, last // 2 + 1))
-        assert torch.equal(unpool_rows(pooled[:, :, band], indices[:, :, band], first, last, offset), expected)
+    padded = torch.nn.functional.pad(whole, (1, 1, 1, 1))  # zero places outside the map
+    row_windows = ((-1, 5), (0, 38), (7, 8), (13, 30), (33, 39))
+    column_windows = ((0, 22), (-1, 23), (-1, 3), (5, 6), (9, 17), (18, 23))
+    for first, last in row_windows:
+        for left, right in column_windows:
+            expected = padded[:, :, first + 1:last + 1, left + 1:right + 1]
+            got = unpool_crop(pooled, indices, (first, last), (left, right))
+            assert torch.equal(got, expected), (first, last, left, right)
+            # the same from only the pooled pixels that reach the window, as the decoder passes them
+            top, left_pooled = max(0, (first - 1) // 2), max(0, (left - 1) // 2)
+            part = (slice(None), slice(None), slice(top, min(19, last // 2 + 1)),
+                    slice(left_pooled, min(11, right // 2 + 1)))
+            got = unpool_crop(pooled[part], indices[part], (first, last), (left, right),
+                              offset=(top, left_pooled), plane_width=22)
+            assert torch.equal(got, expected), (first, last, left, right)
     upsampled = upsample(pooled, 2)
     for first, last in ((0, 38), (0, 1), (5, 6), (12, 29), (37, 38)):
-        assert torch.equal(upsample_rows(pooled, first, last), upsampled[:, :, first:last]), (first, last)
+        for left, right in ((0, 22), (0, 1), (3, 4), (9, 17), (21, 22)):
+            assert torch.equal(upsample_crop(pooled, (first, last), (left, right)),
+                               upsampled[:, :, first:last, left:right]), (first, last, left, right)
 
 
 @pytest.mark.parametrize(("band_rows", "final_rows"), [(1, 64), (3, 64), (16, 5), (500, 64), (500, 7)])
@@ -228,3 +237,34 @@ def test_matting_decoder_level0_in_bands_equals_the_whole_maps(band_rows, final_
         banded = decoder._level0_in_bands(semantic, coarse, coarse_indices, skip, stem, indices, band_rows)
     assert banded.shape == whole.shape == (1, 1, 76, 44)
     torch.testing.assert_close(banded, whole, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("tile", [1, 3, 8, 64])
+def test_matting_decoder_computes_the_tiles_of_the_region_as_the_whole_maps(tile, monkeypatch):
+    """With a region, only the tiles holding region pixels are computed: there the logits equal
+    the whole maps' (tiles in the middle, at every edge, alone and in runs); elsewhere they are 0."""
+    from p3m.models import decoder as decoder_module
+    from p3m.models.decoder import unpool, upsample
+
+    monkeypatch.setattr(decoder_module, "REGION_TILE", tile)
+    monkeypatch.setattr(decoder_module, "FINAL_BAND_ROWS", 5)
+    decoder = create_model("resnet34").eval().decoder
+    coarse, coarse_indices = _pooled_with_ties(3, (1, 64, 38, 22))
+    _, indices = _pooled_with_ties(4, (1, 64, 76, 44))
+    semantic, skip, stem = (torch.randn(1, 64, *size).contiguous(memory_format=torch.channels_last)
+                            for size in ((19, 11), (38, 22), (38, 22)))
+    region = torch.zeros(76, 44, dtype=torch.bool)
+    region[0, 0] = region[75, 43] = region[40, 21] = True  # corners and the middle
+    region[30:34, 3:41] = True  # a run across the width
+    region[10:60, 30] = True  # a column through several bands
+    with torch.inference_mode():
+        merged = decoder.tfi_0(upsample(semantic, 2), unpool(coarse, coarse_indices), skip)
+        whole = decoder.decoder_final_l(unpool(decoder.decoder0_l(decoder.sbfi_0(merged, stem)), indices))
+        got = decoder._level0_in_bands(semantic, coarse, coarse_indices, skip, stem, indices, region=region)
+    torch.testing.assert_close(got[0, 0][region], whole[0, 0][region], rtol=0, atol=1e-5)
+    computed = got[0, 0] != 0
+    if tile >= 38:  # one tile: everything is computed
+        torch.testing.assert_close(got, whole, rtol=0, atol=1e-5)
+    else:  # far from the region nothing is
+        assert computed.float().mean() < 0.8
+        assert not computed[64:70, 0:16].any()

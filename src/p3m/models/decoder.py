@@ -21,6 +21,8 @@ from p3m.models.layers import DBFI, SBFI, TFI, conv_stack, upsample
 # rows, and full-resolution rows of the last unpooling, within a level-0 band.
 LEVEL0_BAND_ROWS = 128
 FINAL_BAND_ROWS = 128
+# Level-0 rows and columns of a tile when only a region of the local alpha is needed.
+REGION_TILE = 64
 # Level-0 maps of fewer pixels are decoded whole at inference: banding would save little
 # memory there, and its many smaller operations cost more time than they save.
 BANDED_MIN_PIXELS = 256 * 1024
@@ -65,31 +67,50 @@ def unpool(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     return out.view(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
 
 
-def unpool_rows(x: torch.Tensor, indices: torch.Tensor, first: int, last: int, offset: int = 0) -> torch.Tensor:
-    """Rows ``first .. last - 1`` of the unpooled map: (N, C, h, w) -> (N, C, last - first, 2W),
-    channels-last ``x``; rows outside the unpooled map are zero.
+def unpool_crop(x: torch.Tensor, indices: torch.Tensor, rows: tuple[int, int], columns: tuple[int, int],
+                offset: tuple[int, int] = (0, 0), plane_width: int | None = None) -> torch.Tensor:
+    """A window of the unpooled map: rows ``rows[0] .. rows[1] - 1`` and columns ``columns[0] ..
+    columns[1] - 1``, (N, C, h, w) channels-last ``x`` -> (N, C, rows, columns); places outside the
+    unpooled map are zero.
 
-    ``x`` and ``indices`` hold the pooled rows ``offset .. offset + h - 1`` of a map whose
-    indices address a (2H, 2W) plane; with ``offset`` 0 and the whole map this is rows of
-    ``unpool(x, indices)``. Only the pooled rows whose 3x3/2 windows reach those rows are
-    scattered, in the order :func:`unpool` scatters them, so the later window still wins.
+    ``x`` and ``indices`` hold the pooled pixels from ``offset`` (row, column) of a map whose
+    indices address a (2H, ``plane_width``) plane (default ``2 * w``: ``x`` is the whole width);
+    with ``offset`` (0, 0) and the whole map this is a window of ``unpool(x, indices)``. Only the
+    pooled pixels whose 3x3/2 windows reach the window are scattered, in the order :func:`unpool`
+    scatters them, so the later window still wins.
     """
     n, c, h, w = x.shape
-    width = 2 * w
-    top, bottom = max(0, (first - 1) // 2 - offset), min(h, last // 2 + 1 - offset)
-    start, end = min(first, 2 * (offset + top) - 1), max(last, 2 * (offset + bottom))  # rows they reach
-    values = x[:, :, top:bottom].permute(0, 2, 3, 1).reshape(n, -1, c)
-    target = indices[:, :, top:bottom].permute(0, 2, 3, 1).reshape(n, -1, c).to(torch.int64, copy=True)
-    band = x.new_zeros((n, (end - start) * width, c))
-    band.scatter_(1, target.sub_(start * width), values)
-    return band.view(n, end - start, width, c).permute(0, 3, 1, 2)[:, :, first - start:last - start]
+    plane_width = plane_width or 2 * w
+    (first, last), (left_col, right_col), (row_offset, col_offset) = rows, columns, offset
+    top, bottom = max(0, (first - 1) // 2 - row_offset), min(h, last // 2 + 1 - row_offset)
+    left, right = max(0, (left_col - 1) // 2 - col_offset), min(w, right_col // 2 + 1 - col_offset)
+    # the rows and columns those pooled pixels reach, within the plane
+    start, end = min(first, max(0, 2 * (row_offset + top) - 1)), max(last, 2 * (row_offset + bottom))
+    start_col = min(left_col, max(0, 2 * (col_offset + left) - 1))
+    end_col = max(right_col, min(plane_width, 2 * (col_offset + right)))
+    values = x[:, :, top:bottom, left:right].permute(0, 2, 3, 1).reshape(n, -1, c)
+    target = indices[:, :, top:bottom, left:right].permute(0, 2, 3, 1).reshape(n, -1, c).to(torch.int64, copy=True)
+    band_width = end_col - start_col
+    if (start_col, end_col) == (0, plane_width):
+        target.sub_(start * plane_width)
+    else:  # flat plane index -> index in the window
+        target_rows = torch.div(target, plane_width, rounding_mode="floor")
+        target.sub_(target_rows * plane_width)  # the column in the plane
+        target.sub_(start_col).add_(target_rows.sub_(start).mul_(band_width))
+    band = x.new_zeros((n, (end - start) * band_width, c))
+    band.scatter_(1, target, values)
+    return band.view(n, end - start, band_width, c).permute(0, 3, 1, 2)[
+        :, :, first - start:last - start, left_col - start_col:right_col - start_col]
 
 
-def upsample_rows(x: torch.Tensor, first: int, last: int) -> torch.Tensor:
-    """Rows ``first .. last - 1`` of ``upsample(x, 2)``, 0 <= first < last <= 2h: (N, C, h, w) ->
-    (N, C, last - first, 2w), the same values, from the input rows they depend on."""
+def upsample_crop(x: torch.Tensor, rows: tuple[int, int], columns: tuple[int, int]) -> torch.Tensor:
+    """A window of ``upsample(x, 2)`` inside it (0 <= first < last <= 2h, same for columns):
+    (N, C, h, w) -> (N, C, rows, columns), the same values, from the input pixels they depend on."""
+    (first, last), (left_col, right_col) = rows, columns
     top, bottom = max(0, (first - 1) // 2), min(x.shape[2], last // 2 + 1)
-    return upsample(x[:, :, top:bottom], 2)[:, :, first - 2 * top:last - 2 * top]
+    left, right = max(0, (left_col - 1) // 2), min(x.shape[3], right_col // 2 + 1)
+    return upsample(x[:, :, top:bottom, left:right], 2)[
+        :, :, first - 2 * top:last - 2 * top, left_col - 2 * left:right_col - 2 * left]
 
 
 def fuse(global_logits: torch.Tensor, local_alpha: torch.Tensor) -> torch.Tensor:
@@ -104,6 +125,26 @@ def fuse(global_logits: torch.Tensor, local_alpha: torch.Tensor) -> torch.Tensor
     """
     region = global_logits.argmax(dim=1, keepdim=True)
     return torch.where(region == 1, local_alpha, (region == 2).to(local_alpha.dtype))
+
+
+def _tile_runs(region_rows: torch.Tensor, tile: int) -> list[tuple[int, int]]:
+    """Level-0 column ranges [left, right) of the runs of ``tile``-wide tiles that hold a pixel of
+    ``region_rows`` ((rows, 2w) bool, full resolution)."""
+    columns = region_rows.any(dim=0)
+    tiles = -(-columns.numel() // (2 * tile))
+    padded = columns.new_zeros(tiles * 2 * tile)
+    padded[:columns.numel()] = columns
+    wanted = padded.view(tiles, 2 * tile).any(dim=1).tolist()
+    runs, width = [], columns.numel() // 2
+    for index, needed in enumerate(wanted):
+        if not needed:
+            continue
+        left, right = index * tile, min(width, (index + 1) * tile)
+        if runs and runs[-1][1] == left:
+            runs[-1] = (runs[-1][0], right)
+        else:
+            runs.append((left, right))
+    return runs
 
 
 class DualDecoder(nn.Module):
@@ -135,7 +176,7 @@ class DualDecoder(nn.Module):
 
     def _level0_in_bands(self, semantic: torch.Tensor, coarse: torch.Tensor, coarse_indices: torch.Tensor,
                          skip: torch.Tensor, stem: torch.Tensor, indices: torch.Tensor,
-                         band_rows: int | None = None) -> torch.Tensor:
+                         band_rows: int | None = None, region: torch.Tensor | None = None) -> torch.Tensor:
         """The matting decoder from level 1 to the alpha logits, at inference, in bands of rows.
 
         Per band: unpooling of ``coarse`` (decoder1_l's output, (N, C, h/2, w/2)) with
@@ -145,31 +186,46 @@ class DualDecoder(nn.Module):
         (N, 1, 2h, 2w). Each band is computed with extra rows on each side, one per 3x3
         convolution (each corrupts one row at a band edge inside the map), then cropped; no
         map of level 0 or of full resolution is held whole.
+
+        ``region`` ((2h, 2w) bool): only the logits there are needed. The bands are then cut
+        into tiles of :data:`REGION_TILE` level-0 pixels, and only the runs of tiles that hold
+        region pixels are computed (with the same extra rows and columns); logits elsewhere are 0.
         """
         n, _, height, width = skip.shape
-        band_rows = band_rows or LEVEL0_BAND_ROWS
+        band_rows = band_rows or (LEVEL0_BAND_ROWS if region is None else REGION_TILE)
         convs = 2 + sum(isinstance(layer, nn.Conv2d) for layer in self.decoder0_l)  # TFI, sBFI, decoder0_l
         final = self.decoder_final_l
-        logits = skip.new_empty((n, final.out_channels, 2 * height, 2 * width))
+        logits = skip.new_zeros((n, final.out_channels, 2 * height, 2 * width))
         logits = logits.contiguous(memory_format=torch.channels_last)
         for top in range(0, height, band_rows):
             bottom = min(top + band_rows, height)
+            runs = [(0, width)] if region is None else _tile_runs(region[2 * top:2 * bottom], REGION_TILE)
             # decoder0_l rows [low, high) reach the last convolution's rows [2 top, 2 bottom)
             low, high = max(0, top - 1), min(height, bottom + 1)
             first, last = max(0, low - convs), min(height, high + convs)
-            merged = self.tfi_0(upsample_rows(semantic, first, last),
-                                unpool_rows(coarse, coarse_indices, first, last), skip[:, :, first:last])
-            merged = self.sbfi_0(merged, stem[:, :, first:last])
-            matting = self.decoder0_l(merged)[:, :, low - first:high - first]
-            del merged
-            for row in range(2 * top, 2 * bottom, FINAL_BAND_ROWS):
-                end = min(row + FINAL_BAND_ROWS, 2 * bottom)
-                unpooled = unpool_rows(matting, indices[:, :, low:high], row - 1, end + 1, offset=low)
-                logits[:, :, row:end] = F.conv2d(unpooled, final.weight, final.bias, padding=(0, 1))
+            for left, right in runs:
+                whole_width = (left, right) == (0, width)
+                left_in, right_in = max(0, left - 1), min(width, right + 1)  # the same, for columns
+                start, end = max(0, left_in - convs), min(width, right_in + convs)
+                rows, columns = (first, last), (start, end)
+                merged = self.tfi_0(upsample_crop(semantic, rows, columns),
+                                    unpool_crop(coarse, coarse_indices, rows, columns),
+                                    skip[:, :, first:last, start:end])
+                merged = self.sbfi_0(merged, stem[:, :, first:last, start:end])
+                matting = self.decoder0_l(merged)[:, :, low - first:high - first, left_in - start:right_in - start]
+                del merged
+                # the last convolution's zero padding: the conv's own across a whole band, else unpooled columns
+                final_columns = (0, 2 * width) if whole_width else (2 * left - 1, 2 * right + 1)
+                for row in range(2 * top, 2 * bottom, FINAL_BAND_ROWS):
+                    stop = min(row + FINAL_BAND_ROWS, 2 * bottom)
+                    unpooled = unpool_crop(matting, indices[:, :, low:high, left_in:right_in], (row - 1, stop + 1),
+                                           final_columns, offset=(low, left_in), plane_width=2 * width)
+                    logits[:, :, row:stop, 2 * left:2 * right] = F.conv2d(
+                        unpooled, final.weight, final.bias, padding=(0, 1 if whole_width else 0))
         return logits
 
     def forward(self, features: EncoderFeatures | list, need_global: bool = True,
-                need_local: bool = True) -> P3MOutput:
+                need_local: bool = True, local_region: torch.Tensor | None = None) -> P3MOutput:
         """Decode ``features``; a branch that is not needed is not computed.
 
         The matting decoder always uses the semantic features, but without
@@ -179,6 +235,10 @@ class DualDecoder(nn.Module):
         ``features`` given as a list (as :class:`P3MNet` does) is emptied, and each
         map is dropped as soon as it is used: at full resolution the last stages
         then run without the encoder's larger maps held in memory.
+        ``local_region`` ((H, W) bool at the input's resolution, inference only): the pixels
+        whose local alpha is needed; where a whole tile of the banded last stages holds none,
+        it is not computed and the local alpha there is 0.5 (logits 0). Maps decoded whole
+        ignore it.
         """
         stem, skips, deepest, indices = features
         banded = not (self.training or torch.onnx.is_in_onnx_export()) and \
@@ -227,7 +287,7 @@ class DualDecoder(nn.Module):
                     matting = unpool(matting, indices.pop())
             if banded:
                 logits = self._level0_in_bands(semantic.pop(), matting, indices.pop(), skips.pop(), stem,
-                                               indices.pop())
+                                               indices.pop(), region=local_region)
             else:
                 logits = self.decoder_final_l(unpool(matting, indices.pop()))
             del stem, matting

@@ -31,8 +31,9 @@ class P3MNet(nn.Module):
         self.to(memory_format=torch.channels_last)
 
     def forward(self, image: torch.Tensor, need_global: bool = True, need_local: bool = True,
-                feature_paste: Optional[FeaturePaste] = None) -> P3MOutput:
-        """``need_global`` / ``need_local``: compute only these branches (see ``DualDecoder.forward``).
+                feature_paste: Optional[FeaturePaste] = None, local_region: Optional[torch.Tensor] = None) -> P3MOutput:
+        """``need_global`` / ``need_local``: compute only these branches; ``local_region``: the pixels
+        whose local alpha is needed (see ``DualDecoder.forward``).
         ``feature_paste``: a :data:`FeaturePaste` applied to the encoder's features (training only;
         None, the default, is the plain network)."""
         height, width = image.shape[-2:]
@@ -42,4 +43,4 @@ class P3MNet(nn.Module):
         if feature_paste is not None:
             features = feature_paste(self.encoder, features)
         features = list(features)  # a list the decoder empties as it goes
-        return self.decoder(features, need_global=need_global, need_local=need_local)
+        return self.decoder(features, need_global=need_global, need_local=need_local, local_region=local_region)

@@ -7,7 +7,7 @@ from PIL import Image
 from skimage.transform import resize
 
 import p3m
-from p3m.inference.pipeline import pass_size, shrink_image
+from p3m.inference.pipeline import pass_size, resize_sources, shrink_image
 from p3m.io import ImageReadError
 
 
@@ -121,3 +121,60 @@ def test_device_resolution(monkeypatch):
         resolve_device("cuda")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == torch.device("cuda")
+
+
+@pytest.mark.parametrize(("image_size", "pass_shape"), [((1080, 1620), (1056, 1600)), ((70, 45), (64, 32)),
+                                                        ((64, 96), (64, 96)), ((300, 200), (100, 50))])
+def test_resize_sources_hold_every_pixel_the_resize_reads(image_size, pass_shape):
+    """Outside resize_sources(mask), a map can hold anything: its resize is unchanged on the mask."""
+    rng = np.random.default_rng(sum(image_size))
+    mask = np.zeros(image_size, dtype=bool)
+    mask[rng.integers(0, image_size[0], 40), rng.integers(0, image_size[1], 40)] = True  # scattered pixels
+    mask[image_size[0] // 3, :] = True  # a line across
+    mask[-1, -1] = mask[0, 0] = True  # the corners
+    sources = resize_sources(mask, pass_shape)
+    assert sources.shape == pass_shape
+    assert sources.mean() < 0.9
+    values = rng.random(pass_shape, dtype=np.float32)
+    garbage = np.where(sources, values, rng.random(pass_shape, dtype=np.float32) * 100)
+    assert np.array_equal(resize(values, image_size)[mask], resize(garbage, image_size)[mask])
+    # an empty mask reads nothing
+    assert not resize_sources(np.zeros(image_size, dtype=bool), pass_shape).any()
+
+
+def test_hybrid_skips_the_certain_region_of_the_local_pass_without_changing_the_alpha(r34_checkpoint, fixtures_dir,
+                                                                                      monkeypatch):
+    """With a trimap that is mostly certain, the banded local pass computes only the tiles near its
+    transition band, and the HYBRID alpha equals the one from a local pass computed whole."""
+    from p3m.inference import pipeline
+    from p3m.models import decoder
+
+    monkeypatch.setattr(decoder, "BANDED_MIN_PIXELS", 0)
+    monkeypatch.setattr(decoder, "REGION_TILE", 16)
+
+    def ring_trimap(logits):  # background, a transition ring 3 px wide, foreground inside
+        height, width = logits.shape[1:]
+        trimap = np.zeros((height, width), dtype=np.uint8)
+        trimap[height // 4:-height // 4, width // 4:-width // 4] = 128
+        trimap[height // 4 + 3:-height // 4 - 3, width // 4 + 3:-width // 4 - 3] = 255
+        return trimap
+
+    monkeypatch.setattr(pipeline, "trimap_from_logits", ring_trimap)
+    matter = p3m.Matter(model="resnet34", weights=r34_checkpoint, method="hybrid", device="cpu")
+    engine = matter.runtime
+    regions = []
+    run = engine.run
+
+    def recording_run(image, need_global=True, need_local=True, local_region=None):
+        regions.append(local_region)
+        return run(image, need_global, need_local, local_region)
+
+    monkeypatch.setattr(engine, "run", recording_run)
+    image = np.asarray(Image.open(fixtures_dir / "ref_small.png").convert("RGB"))
+    skipped = matter.predict(image).alpha
+    monkeypatch.setattr(engine, "run", lambda image, need_global=True, need_local=True, local_region=None:
+                        run(image, need_global, need_local))
+    whole = matter.predict(image).alpha
+    local_region = regions[-1]
+    assert local_region is not None and 0.05 < local_region.mean() < 0.5
+    np.testing.assert_allclose(skipped, whole, rtol=0, atol=1e-6)

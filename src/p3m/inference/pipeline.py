@@ -106,11 +106,12 @@ def shrink_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def run_pass(engine: Engine, image: np.ndarray, size: tuple[int, int], need_global: bool = True,
-             need_local: bool = True) -> PassOutput:
+             need_local: bool = True, local_region: np.ndarray | None = None) -> PassOutput:
     """Resize ``image`` ((H, W, 3) uint8) to ``size`` and run the network once,
-    computing only the branches needed (the others' outputs are unused by the strategy)."""
+    computing only the branches needed (the others' outputs are unused by the strategy);
+    ``local_region``: see ``Engine.run``."""
     network_input = normalise(shrink_image(image, size), engine.mean, engine.std)
-    raw = engine.run(network_input, need_global=need_global, need_local=need_local)
+    raw = engine.run(network_input, need_global=need_global, need_local=need_local, local_region=local_region)
     del network_input
     return PassOutput(
         trimap=None if raw.global_logits is None else trimap_from_logits(raw.global_logits),
@@ -119,8 +120,33 @@ def run_pass(engine: Engine, image: np.ndarray, size: tuple[int, int], need_glob
     )
 
 
+def resize_sources(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The pixels of a ``size`` (h, w) map that ``resize(map, mask.shape)`` (bilinear, h <= H and
+    w <= W) reads to compute the pixels of ``mask`` ((H, W) bool), with one pixel of margin.
+
+    Per axis, output pixel P samples input coordinate c = (P + 0.5) * h / H - 0.5 between
+    floor(c) and floor(c) + 1 (clamped at the borders); pixels floor(c) - 1 .. floor(c) + 2 are
+    marked. Returns (h, w) bool.
+    """
+    for axis, inputs in enumerate(size):
+        outputs = mask.shape[axis]
+        base = np.floor((np.arange(outputs) + 0.5) * (inputs / outputs) - 0.5).astype(np.int64)
+        low, high = np.clip(base - 1, 0, inputs - 1), np.clip(base + 2, 0, inputs - 1)
+        # input pixel p is read by the output pixels [first[p], last[p]) (both bounds rise with p)
+        pixels = np.arange(inputs)
+        first, last = np.searchsorted(high, pixels, side="left"), np.searchsorted(low, pixels, side="right")
+        counts = np.cumsum(mask, axis=axis, dtype=np.int32)
+        counts = np.concatenate([np.zeros_like(counts.take([0], axis=axis)), counts], axis=axis)
+        mask = counts.take(last, axis=axis) > counts.take(first, axis=axis)
+    return mask
+
+
 def hybrid(engine: Engine, image: np.ndarray, max_size: int) -> tuple[np.ndarray, np.ndarray]:
     """HYBRID: global pass at 1/2 scale gives the trimap, local pass at full scale the detail.
+
+    The official fusion takes the local alpha only where the (resized) trimap is neither 0
+    nor 255; the local pass is told so (``local_region``), and the torch engine then skips
+    the last decoder stages away from that transition band. The alpha is the same.
 
     Returns:
         alpha: (H, W) float32 in [0, 1]; trimap: (H, W) uint8 of the global pass.
@@ -128,9 +154,12 @@ def hybrid(engine: Engine, image: np.ndarray, max_size: int) -> tuple[np.ndarray
     height, width = image.shape[:2]
     global_pass = run_pass(engine, image, pass_size(height, width, 0.5, max_size), need_local=False)
     trimap_full = resize(global_pass.trimap, (height, width)) * 255.0
-    local_pass = run_pass(engine, image, pass_size(height, width, 1.0, max_size), need_global=False)
-    local_full = resize(local_pass.local_alpha, (height, width))
     certain = (trimap_full == 0) | (trimap_full == 255)
+    local_size = pass_size(height, width, 1.0, max_size)
+    # The local alpha counts only where the trimap is uncertain: the engine may skip the rest.
+    local_pass = run_pass(engine, image, local_size, need_global=False,
+                          local_region=resize_sources(~certain, local_size))
+    local_full = resize(local_pass.local_alpha, (height, width))
     alpha = np.where(certain, trimap_full / 255.0, local_full).astype(np.float32)
     return alpha, _nearest(global_pass.trimap, height, width)
 

@@ -41,8 +41,11 @@ class Engine(Protocol):
     precision: str
     device: str
 
-    def run(self, image: np.ndarray, need_global: bool = True, need_local: bool = True) -> BranchOutputs:
-        """``image``: (1, 3, h, w) float32, normalised, h and w multiples of 32."""
+    def run(self, image: np.ndarray, need_global: bool = True, need_local: bool = True,
+            local_region: np.ndarray | None = None) -> BranchOutputs:
+        """``image``: (1, 3, h, w) float32, normalised, h and w multiples of 32.
+        ``local_region``: (h, w) bool, the pixels whose local alpha is used; an engine may
+        leave the local alpha elsewhere unspecified (None: all pixels)."""
 
 
 def create_engine(engine: str = "torch", model: str = "resnet34", weights: str | os.PathLike | None = None,

@@ -52,7 +52,9 @@ class OnnxEngine:
         self._sessions: dict[tuple[str, ...], object] = {}
         self._onnxruntime = onnxruntime
 
-    def run(self, image: np.ndarray, need_global: bool = True, need_local: bool = True) -> BranchOutputs:
+    def run(self, image: np.ndarray, need_global: bool = True, need_local: bool = True,
+            local_region: np.ndarray | None = None) -> BranchOutputs:
+        """The graph computes every pixel: ``local_region`` is not used."""
         branches = tuple(name for name, needed in (("global", need_global), ("local", need_local)) if needed)
         results = dict(zip(branches, self._session(branches).run([OUTPUTS[b] for b in branches], {INPUT_NAME: image})))
         logits, local = results.get("global"), results.get("local")

@@ -52,10 +52,12 @@ class TorchEngine:
         network = load_weights(spec.build(), self.weights_path, spec.name).eval()
         self.network = fold_batchnorms(network).to(self.torch_device, self.dtype)
 
-    def run(self, image: np.ndarray, need_global: bool = True, need_local: bool = True) -> BranchOutputs:
+    def run(self, image: np.ndarray, need_global: bool = True, need_local: bool = True,
+            local_region: np.ndarray | None = None) -> BranchOutputs:
         tensor = torch.from_numpy(image).to(self.torch_device, self.dtype)
+        region = None if local_region is None else torch.from_numpy(local_region).to(self.torch_device)
         with torch.inference_mode():
-            output = self.network(tensor, need_global=need_global, need_local=need_local)
+            output = self.network(tensor, need_global=need_global, need_local=need_local, local_region=region)
             del tensor
             logits = None if output.global_logits is None else output.global_logits[0].float().cpu().numpy()
             local = None if output.local_alpha is None else output.local_alpha[0, 0].float().cpu().numpy()

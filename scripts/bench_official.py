@@ -3,7 +3,7 @@
 
 usage: python scripts/bench_official.py --official-r34 DIR --official-vitae DIR
            [--image FILE] [--vitae-size 1344x1080] [--runs resnet34:hybrid,resnet34:resize,vitae-s:hybrid]
-           [--repeat 2] [--threads N]
+           [--repeat 2] [--threads N] [--trimap-alphas DIR [--trimap-margins 16,32]]
 
 The official code is not part of p3m: get it with
 ``git clone https://github.com/JizhiziLi/P3M`` (ACM MM 2021, ResNet-34; pass its
@@ -31,6 +31,18 @@ timed calls over ``--repeat`` rounds, the largest peak RSS, the speed-up of p3m
 (official seconds / p3m seconds), p3m's peak RSS as a share of the official
 one, and the alpha difference between the two (max and mean absolute) as a
 check that the same computation was timed.
+
+p3m's HYBRID computes the full-resolution pass's last decoder stages only
+around the global trimap's transition band (the only pixels where the official
+fusion uses them); the deterministic checkpoint's trimap is almost all
+transition, so the plain p3m row shows no gain from that. ``--trimap-alphas DIR``
+(a folder of the official models' published alphas, ``DIR/MODEL/IMAGE-STEM.png``)
+adds p3m rows in which the global pass's trimap is replaced by one made from the
+published alpha of the image: transition where 0 < alpha < 1 widened by each of
+``--trimap-margins`` pixels, foreground where alpha >= 0.5, background elsewhere.
+Those rows time p3m with a trained model's transition band; their alpha is not
+comparable to the official one. The official code computes every pixel whatever
+its trimap, so its time does not depend on it.
 
 The official code imports ``torchvision.transforms`` (for ``Normalize`` of the
 input), ``torchvision.models`` (unused), and in the ViTAE-S code
@@ -61,6 +73,7 @@ import time
 import types
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -171,7 +184,6 @@ def pin_extra_tensors(network, state: dict) -> None:
 
 def official_matter(config: dict):
     """Build the official model and return ``predict(path) -> (H, W) float alpha`` as its sample script computes it."""
-    import cv2
     from PIL import Image
 
     core = Path(config["official"])
@@ -212,9 +224,26 @@ def official_matter(config: dict):
     return predict
 
 
+def published_trimap(alpha_path: str, margin: int, height: int, width: int) -> np.ndarray:
+    """(height, width) uint8 trimap from a published alpha: 128 within ``margin`` px of a
+    fractional alpha, 255 where alpha >= 0.5, 0 elsewhere."""
+    alpha = cv2.imread(alpha_path, cv2.IMREAD_GRAYSCALE)
+    alpha = cv2.resize(alpha, (width, height), interpolation=cv2.INTER_LINEAR)
+    fractional = ((alpha > 0) & (alpha < 255)).astype(np.uint8)
+    band = cv2.dilate(fractional, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1)))
+    return np.where(band > 0, 128, np.where(alpha >= 128, 255, 0)).astype(np.uint8)
+
+
 def p3m_matter(config: dict):
     import p3m
 
+    if config.get("trimap_alpha"):  # the global pass's trimap from a published alpha (see the module notes)
+        from p3m.inference import pipeline
+
+        height, width = cv2.imread(config["image"]).shape[:2]
+        trimap = published_trimap(config["trimap_alpha"], config["trimap_margin"], height, width)
+        pipeline.trimap_from_logits = lambda logits: cv2.resize(trimap, logits.shape[:0:-1],
+                                                                interpolation=cv2.INTER_NEAREST)
     matter = p3m.Matter(model=config["model"], weights=config["weights"], method=config["method"], device="cpu")
     return lambda path: matter.predict(path).alpha
 
@@ -247,15 +276,22 @@ def run_child(config: dict) -> dict:
 
 
 def compare(model: str, method: str, checkpoint: Path, image: Path, official_core: Path, repeat: int,
-            threads: int | None, folder: Path) -> dict[str, list[dict]]:
-    """Alternate a fresh official process and a fresh p3m process for ``repeat`` rounds; their outcomes by side.
+            threads: int | None, folder: Path, trimap_alpha: Path | None = None,
+            margins: tuple[int, ...] = ()) -> dict[str, list[dict]]:
+    """Alternate a fresh official process and fresh p3m processes for ``repeat`` rounds; their outcomes by side.
     Each side's last alpha is left in ``folder`` as MODEL-METHOD-SIDE.npy."""
     outcomes = {"official": [], "p3m": []}
+    trimap_sides = {}
+    if trimap_alpha is not None and method == "hybrid":
+        trimap_sides = {f"p3m, published trimap +{margin} px": margin for margin in margins}
+        outcomes.update({side: [] for side in trimap_sides})
     for round_number in range(repeat):
         for side in outcomes:
             config = {"model": model, "method": method, "weights": str(checkpoint), "image": str(image),
                       "threads": threads, "alpha_path": str(folder / f"{model}-{method}-{side}.npy"),
-                      "official": str(official_core) if side == "official" else None}
+                      "official": str(official_core) if side == "official" else None,
+                      "trimap_alpha": str(trimap_alpha) if side in trimap_sides else None,
+                      "trimap_margin": trimap_sides.get(side)}
             outcome = run_child(config)
             outcomes[side].append(outcome)
             print(f"  round {round_number + 1}: {side} {model} {method} {outcome['seconds']:.2f} s "
@@ -280,7 +316,8 @@ def table_rows(model: str, method: str, outcomes: dict[str, list[dict]], folder:
             row += ["1.00", "1.00", "(reference)"]
         else:
             row += [f"**{official[0] / seconds:.2f}x**", f"{rss / official[1]:.2f}",
-                    f"max {difference.max():.2e}, mean {difference.mean():.2e}"]
+                    f"max {difference.max():.2e}, mean {difference.mean():.2e}" if side == "p3m"
+                    else "(another trimap)"]
         rows.append(row)
     return rows
 
@@ -336,6 +373,9 @@ def main() -> None:
                         help="MODEL:METHOD,... (models resnet34, vitae-s; methods hybrid, resize)")
     parser.add_argument("--repeat", type=int, default=2, help="rounds (a fresh process per implementation each)")
     parser.add_argument("--threads", type=int, help="torch threads in both (default: torch's default)")
+    parser.add_argument("--trimap-alphas", type=Path,
+                        help="folder of published alphas (MODEL/IMAGE-STEM.png): adds p3m HYBRID rows with their trimap")
+    parser.add_argument("--trimap-margins", default="16,32", help="transition widening(s) in px for --trimap-alphas")
     args = parser.parse_args()
     if args.child:
         child(json.loads(args.child))
@@ -358,8 +398,12 @@ def main() -> None:
         if "vitae-s" in checkpoints:
             images["vitae-s"] = resized_copy(args.image, *args.vitae_size, folder)
         for model, method in args.runs:
+            alpha = None if args.trimap_alphas is None else args.trimap_alphas / model / f"{args.image.stem}.png"
+            if alpha is not None and not alpha.is_file():
+                parser.error(f"{alpha} not found")
+            margins = tuple(int(margin) for margin in args.trimap_margins.split(","))
             outcomes = compare(model, method, checkpoints[model], images[model], official[model].resolve(),
-                               args.repeat, args.threads, folder)
+                               args.repeat, args.threads, folder, alpha, margins)
             rows += table_rows(model, method, outcomes, folder)
             for outcome in outcomes["official"] + outcomes["p3m"]:
                 threads.add(outcome["threads"])

@@ -199,7 +199,8 @@ def test_composition_off_without_fg_bg(tmp_path, capsys):
 
 def test_two_process_torchrun_on_cpu(data_root, tmp_path):
     run = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # torchrun leaves a folder in the temporary directory: keep it in the test's own
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp_path)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "p3m", "train", "--data", str(data_root), "--output", str(run), *SMALL,
                "--batch-size", "4", "--max-steps", "2", "--log-every", "1"]

@@ -164,6 +164,39 @@ def test_inference_stem_in_bands_equals_the_whole_map(r34_model, monkeypatch):
             torch.testing.assert_close(banded[2], stem, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("folded", [True, False], ids=["bn1-folded", "bn1-kept"])
+def test_inference_stem_in_bands_indexes_windows_without_a_positive_value_as_training_does(folded, monkeypatch):
+    """Windows whose conv1-bn1 maximum is <= 0 (all zeros after ReLU) index their first in-bounds pixel in
+    both modes (pooling before the ReLU would index the raw maximum). Integer weights and inputs make conv1
+    exact, so values and indices must be exactly equal; about half the windows are all-negative, some
+    peak at exactly 0, and a constant block makes ties."""
+    from p3m.models import resnet
+
+    torch.manual_seed(0)
+    encoder = resnet.ResNet34MaxPoolEncoder().eval()
+    with torch.no_grad():
+        encoder.conv1.weight.copy_(torch.randint(-1, 2, encoder.conv1.weight.shape))
+        if folded:
+            encoder.conv1.bias = torch.nn.Parameter(torch.full((64,), -8.0))
+            encoder.bn1 = torch.nn.Identity()
+        else:
+            encoder.bn1.running_mean.fill_(8.0)
+    x = torch.randint(0, 3, (1, 3, 70, 54)).float()
+    x[:, :, 20:40] = 1.0
+    with torch.inference_mode():
+        raw = encoder.bn1(encoder.conv1(x.contiguous(memory_format=torch.channels_last)))
+        whole = resnet.F.relu(raw)
+        pooled, indices = resnet._pool(whole)
+        stem = resnet.F.max_pool2d(whole, kernel_size=2, stride=2)
+        assert (resnet.F.max_pool2d(raw, kernel_size=3, stride=2, padding=1) <= 0).float().mean() > 0.4
+        for rows in (3, 16, 35):
+            monkeypatch.setattr(resnet, "STEM_BAND_ROWS", rows)
+            banded = encoder._pooled_stem_in_bands(x)
+            assert torch.equal(banded[0], pooled)
+            assert torch.equal(banded[1], indices)
+            assert torch.equal(banded[2], stem)
+
+
 def test_inference_in_bands_keeps_the_raw_outputs(r34_model, fixtures_dir, monkeypatch):
     from p3m.models import decoder
 

@@ -293,7 +293,7 @@ def test_matting_decoder_computes_the_tiles_of_the_region_as_the_whole_maps(tile
     with torch.inference_mode():
         merged = decoder.tfi_0(upsample(semantic, 2), unpool(coarse, coarse_indices), skip)
         whole = decoder.decoder_final_l(unpool(decoder.decoder0_l(decoder.sbfi_0(merged, stem)), indices))
-        got = decoder._level0_in_bands(semantic, coarse, coarse_indices, skip, stem, indices, region=region)
+        got = decoder._level0_in_bands(semantic, coarse, coarse_indices, skip, stem, indices, tile, region)
     torch.testing.assert_close(got[0, 0][region], whole[0, 0][region], rtol=0, atol=1e-5)
     computed = got[0, 0] != 0
     if tile >= 38:  # one tile: everything is computed

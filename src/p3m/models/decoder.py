@@ -21,8 +21,12 @@ from p3m.models.layers import DBFI, SBFI, TFI, conv_stack, upsample
 # rows, and full-resolution rows of the last unpooling, within a level-0 band.
 LEVEL0_BAND_ROWS = 128
 FINAL_BAND_ROWS = 128
-# Level-0 rows and columns of a tile when only a region of the local alpha is needed.
+# Level-0 rows and columns of a tile when only a region of the local alpha is needed. A region
+# in more than REGION_WHOLE_SHARE of the tiles is decoded in whole bands, and a band with region
+# pixels in more than that share of its tiles is computed whole: cheaper than the extra rows and
+# columns around each run of tiles.
 REGION_TILE = 64
+REGION_WHOLE_SHARE = 0.75
 # Level-0 maps of fewer pixels are decoded whole at inference: banding would save little
 # memory there, and its many smaller operations cost more time than they save.
 BANDED_MIN_PIXELS = 256 * 1024
@@ -129,13 +133,15 @@ def fuse(global_logits: torch.Tensor, local_alpha: torch.Tensor) -> torch.Tensor
 
 def _tile_runs(region_rows: torch.Tensor, tile: int) -> list[tuple[int, int]]:
     """Level-0 column ranges [left, right) of the runs of ``tile``-wide tiles that hold a pixel of
-    ``region_rows`` ((rows, 2w) bool, full resolution)."""
+    ``region_rows`` ((rows, 2w) bool, full resolution); the whole width where most tiles do."""
     columns = region_rows.any(dim=0)
-    tiles = -(-columns.numel() // (2 * tile))
+    tiles, width = -(-columns.numel() // (2 * tile)), columns.numel() // 2
     padded = columns.new_zeros(tiles * 2 * tile)
     padded[:columns.numel()] = columns
     wanted = padded.view(tiles, 2 * tile).any(dim=1).tolist()
-    runs, width = [], columns.numel() // 2
+    if sum(wanted) > REGION_WHOLE_SHARE * tiles:
+        return [(0, width)]
+    runs = []
     for index, needed in enumerate(wanted):
         if not needed:
             continue
@@ -187,11 +193,15 @@ class DualDecoder(nn.Module):
         convolution (each corrupts one row at a band edge inside the map), then cropped; no
         map of level 0 or of full resolution is held whole.
 
-        ``region`` ((2h, 2w) bool): only the logits there are needed. The bands are then cut
-        into tiles of :data:`REGION_TILE` level-0 pixels, and only the runs of tiles that hold
-        region pixels are computed (with the same extra rows and columns); logits elsewhere are 0.
+        ``region`` ((2h, 2w) bool): only the logits there are needed. Unless it is in most
+        tiles of :data:`REGION_TILE` level-0 pixels, the bands are then cut into such tiles,
+        and only the runs of tiles that hold region pixels are computed (with the same extra
+        rows and columns); logits elsewhere are 0.
         """
         n, _, height, width = skip.shape
+        if region is not None:
+            tiles = F.max_pool2d(region[None, None].float(), 2 * REGION_TILE, ceil_mode=True)
+            region = None if tiles.mean() > REGION_WHOLE_SHARE else region
         band_rows = band_rows or (LEVEL0_BAND_ROWS if region is None else REGION_TILE)
         convs = 2 + sum(isinstance(layer, nn.Conv2d) for layer in self.decoder0_l)  # TFI, sBFI, decoder0_l
         final = self.decoder_final_l

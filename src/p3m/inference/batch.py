@@ -19,10 +19,11 @@ from typing import Callable, Generator, Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from p3m.executors.local import LocalExecutor
 from p3m.inference.compose import FOREGROUND_MODES, Background, output_images
 from p3m.inference.matter import Matter, MatteResult
-from p3m.inference.video import VideoOptions, matte_video, video_targets
 from p3m.inference.overlap import overlapped
+from p3m.inference.video import VideoOptions, matte_video, video_targets
 from p3m.io import ImageReadError, OutputFolder, UnsafeOutputError, output_complete, read_image
 from p3m.io.video import VideoReadError, is_video_file
 
@@ -256,24 +257,14 @@ def matte_files(matter: Matter, pairs: Sequence[tuple[Path, Path]], out_dir: os.
     the batch goes on. Ctrl-C ends the batch with ``report.interrupted`` set.
     ``outputs`` defaults to ``out_dir`` guarding the sources of ``pairs``.
     ``progress`` shows a bar over files, ``frame_progress`` one over each video's frames.
-    Images are decoded and their outputs written beside the network (:meth:`MatteStep.overlapped`);
+    The local executor runs the step, decoding images and writing their outputs beside
+    the network (:meth:`MatteStep.overlapped`);
     ``p3m.executors`` runs the same step on Ray actors.
     """
     if outputs is None:
         outputs = OutputFolder(out_dir, [source for source, _ in pairs])
-    step = MatteSetup(matter, out_dir, options, outputs, frame_progress)()
-    return collect_report(pairs, _counted(step.overlapped(pairs), len(pairs), progress), on_error)
-
-
-def _counted(outcomes: Iterable, total: int, progress: bool) -> Iterator:
-    """``outcomes``, advancing a progress bar (on a terminal, when ``progress``) as each arrives."""
-    from tqdm import tqdm
-
-    with tqdm(total=total, desc="matting", unit="image", dynamic_ncols=True,
-              disable=None if progress else True) as bar:  # None: TTY only
-        for outcome in outcomes:
-            bar.update()
-            yield outcome
+    setup = MatteSetup(matter, out_dir, options, outputs, frame_progress)
+    return collect_report(pairs, LocalExecutor().map(setup, pairs, desc="matting", progress=progress), on_error)
 
 
 def _complete(path: Path, frames: bool) -> bool:

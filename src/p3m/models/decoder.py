@@ -131,20 +131,13 @@ def fuse(global_logits: torch.Tensor, local_alpha: torch.Tensor) -> torch.Tensor
     return torch.where(region == 1, local_alpha, (region == 2).to(local_alpha.dtype))
 
 
-def _tile_runs(region_rows: torch.Tensor, tile: int) -> list[tuple[int, int]]:
-    """Level-0 column ranges [left, right) of the runs of ``tile``-wide tiles that hold a pixel of
-    ``region_rows`` ((rows, 2w) bool, full resolution); the whole width where most tiles do."""
-    columns = region_rows.any(dim=0)
-    tiles, width = -(-columns.numel() // (2 * tile)), columns.numel() // 2
-    padded = columns.new_zeros(tiles * 2 * tile)
-    padded[:columns.numel()] = columns
-    wanted = padded.view(tiles, 2 * tile).any(dim=1).tolist()
-    if sum(wanted) > REGION_WHOLE_SHARE * tiles:
+def _tile_runs(wanted: torch.Tensor, tile: int, width: int) -> list[tuple[int, int]]:
+    """Level-0 column ranges [left, right) of the runs of ``wanted`` tiles ((tiles,) bool, ``tile``
+    columns each, of a band ``width`` columns wide); the whole width where most tiles are wanted."""
+    if wanted.float().mean() > REGION_WHOLE_SHARE:
         return [(0, width)]
-    runs = []
-    for index, needed in enumerate(wanted):
-        if not needed:
-            continue
+    runs: list[tuple[int, int]] = []
+    for index in wanted.nonzero().flatten().tolist():
         left, right = index * tile, min(width, (index + 1) * tile)
         if runs and runs[-1][1] == left:
             runs[-1] = (runs[-1][0], right)
@@ -194,22 +187,25 @@ class DualDecoder(nn.Module):
         map of level 0 or of full resolution is held whole.
 
         ``region`` ((2h, 2w) bool): only the logits there are needed. Unless it is in most
-        tiles of :data:`REGION_TILE` level-0 pixels, the bands are then cut into such tiles,
-        and only the runs of tiles that hold region pixels are computed (with the same extra
-        rows and columns); logits elsewhere are 0.
+        tiles of :data:`REGION_TILE` level-0 pixels, the bands are then that many rows high and
+        cut into such tiles, and only the runs of tiles that hold region pixels are computed
+        (with the same extra rows and columns); logits elsewhere are 0. ``band_rows`` sets the
+        height of whole bands.
         """
         n, _, height, width = skip.shape
+        wanted_tiles = None  # (bands, tiles per band) bool: the tiles that hold region pixels
         if region is not None:
-            tiles = F.max_pool2d(region[None, None].float(), 2 * REGION_TILE, ceil_mode=True)
-            region = None if tiles.mean() > REGION_WHOLE_SHARE else region
-        band_rows = band_rows or (LEVEL0_BAND_ROWS if region is None else REGION_TILE)
+            wanted_tiles = F.max_pool2d(region[None, None].float(), 2 * REGION_TILE, ceil_mode=True)[0, 0] > 0
+            if wanted_tiles.float().mean() > REGION_WHOLE_SHARE:
+                wanted_tiles = None
+        band_rows = (band_rows or LEVEL0_BAND_ROWS) if wanted_tiles is None else REGION_TILE
         convs = 2 + sum(isinstance(layer, nn.Conv2d) for layer in self.decoder0_l)  # TFI, sBFI, decoder0_l
         final = self.decoder_final_l
         logits = skip.new_zeros((n, final.out_channels, 2 * height, 2 * width))
         logits = logits.contiguous(memory_format=torch.channels_last)
         for top in range(0, height, band_rows):
             bottom = min(top + band_rows, height)
-            runs = [(0, width)] if region is None else _tile_runs(region[2 * top:2 * bottom], REGION_TILE)
+            runs = [(0, width)] if wanted_tiles is None else _tile_runs(wanted_tiles[top // band_rows], band_rows, width)
             # decoder0_l rows [low, high) reach the last convolution's rows [2 top, 2 bottom)
             low, high = max(0, top - 1), min(height, bottom + 1)
             first, last = max(0, low - convs), min(height, high + convs)

@@ -1,4 +1,5 @@
-"""P3M-Net ResNet-34: raw outputs against the official code, loading and saving checkpoints."""
+"""P3M-Net: every registered variant's raw outputs against the official code and its encoder's feature
+contract; ResNet-34 loading and saving checkpoints."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,9 +7,21 @@ import pytest
 import torch
 
 from p3m.checkpoint import CheckpointError, load_weights, read_checkpoint, save_weights
-from p3m.models import create_model, fuse, get_spec, list_models
+from p3m.models import EncoderFeatures, create_model, fuse, get_spec, list_models
 
 RAW_OUTPUTS = ("global", "local", "side2", "side1", "side0")
+# variant -> (its checkpoint fixture, the official code's raw outputs for it under tests/fixtures)
+OFFICIAL_FORWARD = {
+    "resnet34": ("r34_checkpoint", "r34_forward_96x128.npz"),
+    "swin-t": ("swin_checkpoint", "swin_forward_256x352.npz"),
+    "vitae-s": ("vitae_checkpoint", "vitae_forward_96x128.npz"),
+}
+# variant -> encoder channels of (stem, the four skips, deepest)
+FEATURE_CHANNELS = {
+    "resnet34": (64, (64, 64, 128, 256), 512),
+    "swin-t": (48, (96, 96, 192, 384), 768),
+    "vitae-s": (32, (64, 64, 128, 256), 512),
+}
 
 
 @pytest.fixture(scope="module")
@@ -21,14 +34,33 @@ def _named(output):
             "side2": output.side_logits[0], "side1": output.side_logits[1], "side0": output.side_logits[2]}
 
 
-def test_raw_outputs_match_official(r34_model, fixtures_dir):
-    reference = np.load(fixtures_dir / "r34_forward_96x128.npz")
+@pytest.mark.parametrize("name", list_models())
+def test_raw_outputs_match_official(name, request, fixtures_dir):
+    checkpoint_fixture, forward = OFFICIAL_FORWARD[name]
+    model = load_weights(create_model(name), request.getfixturevalue(checkpoint_fixture), name).eval()
+    reference = np.load(fixtures_dir / forward)
     with torch.inference_mode():
-        outputs = _named(r34_model(torch.from_numpy(reference["input"])))
-    for name in RAW_OUTPUTS:
-        np.testing.assert_allclose(outputs[name].numpy(), reference[name], rtol=1e-4, atol=1e-4, err_msg=name)
+        outputs = _named(model(torch.from_numpy(reference["input"])))
+    for output in RAW_OUTPUTS:
+        assert outputs[output].shape == reference[output].shape, output
+        np.testing.assert_allclose(outputs[output].numpy(), reference[output], rtol=1e-4, atol=1e-4, err_msg=output)
     fusion_off = np.abs(outputs["fusion"].numpy() - reference["fusion"]) > 1e-3
     assert fusion_off.mean() <= 1e-3
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_encoder_honours_the_feature_contract(name):
+    stem_channels, skip_channels, deepest_channels = FEATURE_CHANNELS[name]
+    with torch.inference_mode():
+        features = create_model(name).eval().encoder(torch.randn(2, 3, 64, 96))
+    assert isinstance(features, EncoderFeatures)
+    assert features.stem.shape == (2, stem_channels, 32, 48)
+    assert [tuple(skip.shape) for skip in features.skips] == [
+        (2, channels, 64 // 2 ** level, 96 // 2 ** level) for level, channels in enumerate(skip_channels, 1)]
+    assert features.deepest.shape == (2, deepest_channels, 2, 3)
+    levels = [features.stem, *features.skips, features.deepest]
+    for index, level in zip(features.indices, levels[1:]):
+        assert index.shape[-2:] == level.shape[-2:]
 
 
 def test_output_shapes_and_ranges(r34_model):

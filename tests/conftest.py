@@ -33,23 +33,26 @@ def fixtures_dir() -> Path:
     return FIXTURES
 
 
+def _official_format_checkpoint(tmp_path_factory, variant: str) -> Path:
+    """A checkpoint made by the recipe from ``{variant}_manifest.json``, as ``{variant}.pth``."""
+    path = tmp_path_factory.mktemp("checkpoints") / f"{variant}.pth"
+    _recipe().main(str(FIXTURES / f"{variant}_manifest.json"), str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def r34_checkpoint(tmp_path_factory) -> Path:
     """Path to the deterministic ResNet-34 checkpoint the reference outputs were made with."""
-    path = tmp_path_factory.mktemp("checkpoints") / "r34.pth"
-    _recipe().main(str(FIXTURES / "r34_manifest.json"), str(path))
-    return path
+    return _official_format_checkpoint(tmp_path_factory, "r34")
 
 
 @pytest.fixture(scope="session")
 def vitae_checkpoint(tmp_path_factory) -> Path:
     """Path to the deterministic ViTAE-S checkpoint, with the pinned Performer
     features of the reference outputs stored as extra ``.w`` keys."""
-    recipe = _recipe()
-    path = tmp_path_factory.mktemp("checkpoints") / "vitae.pth"
-    recipe.main(str(FIXTURES / "vitae_manifest.json"), str(path))
+    path = _official_format_checkpoint(tmp_path_factory, "vitae")
     content = torch.load(path, weights_only=True)
-    content["state_dict"].update(recipe.random_features(str(FIXTURES / "vitae_manifest.json")))
+    content["state_dict"].update(_recipe().random_features(str(FIXTURES / "vitae_manifest.json")))
     torch.save(content, path)
     return path
 
@@ -57,6 +60,4 @@ def vitae_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def swin_checkpoint(tmp_path_factory) -> Path:
     """Path to the deterministic Swin-T checkpoint (constants from swin_constants.npz)."""
-    path = tmp_path_factory.mktemp("checkpoints") / "swin.pth"
-    _recipe().main(str(FIXTURES / "swin_manifest.json"), str(path))
-    return path
+    return _official_format_checkpoint(tmp_path_factory, "swin")

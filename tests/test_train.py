@@ -43,18 +43,22 @@ def _log(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
 
 
+def _train_on_one_thread(arguments: list[str]) -> int:
+    """``p3m train`` with torch on one thread, for the module fixtures (``one_thread`` is per test)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return main(["train", *arguments])
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def trained_run(data_root, tmp_path_factory) -> Path:
     """20 steps at lr 1e-4 with every step logged."""
     run = tmp_path_factory.mktemp("runs") / "falls"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        code = main(["train", "--data", str(data_root), "--output", str(run), *SMALL, "--max-steps", "20",
-                     "--lr", "1e-4", "--log-every", "1", "--checkpoint-every", "0"])
-    finally:
-        torch.set_num_threads(threads)
-    assert code == 0
+    assert _train_on_one_thread(["--data", str(data_root), "--output", str(run), *SMALL, "--max-steps", "20",
+                                 "--lr", "1e-4", "--log-every", "1", "--checkpoint-every", "0"]) == 0
     return run
 
 
@@ -133,12 +137,7 @@ def _assert_bit_identical(run_a: Path, run_b: Path) -> None:
 def deterministic_run(data_root, tmp_path_factory) -> Path:
     """3 deterministic steps, the uninterrupted reference."""
     run = tmp_path_factory.mktemp("runs") / "deterministic"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["train", "--data", str(data_root), "--output", str(run), *SMALL, *DETERMINISTIC]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert _train_on_one_thread(["--data", str(data_root), "--output", str(run), *SMALL, *DETERMINISTIC]) == 0
     return run
 
 

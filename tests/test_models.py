@@ -1,6 +1,8 @@
-"""P3M-Net: every registered variant's raw outputs against the official code and its encoder's feature
-contract; ResNet-34 loading and saving checkpoints."""
+"""P3M-Net: every registered variant's raw outputs against the official code, its encoder's feature
+contract and its checkpoints told from the other variants'; ResNet-34 loading and saving checkpoints."""
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pytest
@@ -10,11 +12,11 @@ from p3m.checkpoint import CheckpointError, load_weights, read_checkpoint, save_
 from p3m.models import EncoderFeatures, create_model, fuse, get_spec, list_models
 
 RAW_OUTPUTS = ("global", "local", "side2", "side1", "side0")
-# variant -> (its checkpoint fixture, the official code's raw outputs for it under tests/fixtures)
+# variant -> the fixture of its deterministic official-format checkpoint
+CHECKPOINT_FIXTURES = {"resnet34": "r34_checkpoint", "swin-t": "swin_checkpoint", "vitae-s": "vitae_checkpoint"}
+# variant -> the official code's raw outputs for that checkpoint, under tests/fixtures
 OFFICIAL_FORWARD = {
-    "resnet34": ("r34_checkpoint", "r34_forward_96x128.npz"),
-    "swin-t": ("swin_checkpoint", "swin_forward_256x352.npz"),
-    "vitae-s": ("vitae_checkpoint", "vitae_forward_96x128.npz"),
+    "resnet34": "r34_forward_96x128.npz", "swin-t": "swin_forward_256x352.npz", "vitae-s": "vitae_forward_96x128.npz",
 }
 # variant -> encoder channels of (stem, the four skips, deepest)
 FEATURE_CHANNELS = {
@@ -36,9 +38,8 @@ def _named(output):
 
 @pytest.mark.parametrize("name", list_models())
 def test_raw_outputs_match_official(name, request, fixtures_dir):
-    checkpoint_fixture, forward = OFFICIAL_FORWARD[name]
-    model = load_weights(create_model(name), request.getfixturevalue(checkpoint_fixture), name).eval()
-    reference = np.load(fixtures_dir / forward)
+    model = load_weights(create_model(name), request.getfixturevalue(CHECKPOINT_FIXTURES[name]), name).eval()
+    reference = np.load(fixtures_dir / OFFICIAL_FORWARD[name])
     with torch.inference_mode():
         outputs = _named(model(torch.from_numpy(reference["input"])))
     for output in RAW_OUTPUTS:
@@ -158,6 +159,13 @@ def test_wrong_shape_is_reported(r34_checkpoint, tmp_path):
     torch.save({"state_dict": state}, tmp_path / "shape.pth")
     with pytest.raises(CheckpointError, match=r"wrong shape.*decoder_final_l.weight: \(1, 32, 3, 3\)"):
         load_weights(create_model("resnet34"), tmp_path / "shape.pth", "resnet34")
+
+
+@pytest.mark.parametrize(("name", "other"), list(itertools.permutations(list_models(), 2)))
+def test_another_variants_checkpoint_is_named(name, other, request):
+    checkpoint = request.getfixturevalue(CHECKPOINT_FIXTURES[other])
+    with pytest.raises(CheckpointError, match=f"not a '{name}' checkpoint.*looks like a '{other}' checkpoint"):
+        load_weights(create_model(name), checkpoint, name)
 
 
 def test_other_variant_checkpoint_is_named(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import struct
+import re
 import tempfile
 import threading
 import zlib
@@ -337,6 +338,21 @@ def test_no_cross_origin_access(client):
     page = client.get("/")
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assert page.headers["x-content-type-options"] == "nosniff"
+
+
+def test_api_docs_load_nothing_from_another_site(client):
+    """/docs is Swagger UI served by the server itself: every script, style and icon it names is a
+    path here that answers, and nothing points to a CDN (a privacy tool's page must not call out)."""
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assets = re.findall(r"""(?:src|href|url)\s*[=:]\s*['"]([^'"]+)['"]""", page.text)
+    assert {asset.rsplit(".", 1)[-1] for asset in assets} >= {"js", "css"}
+    for asset in assets:
+        assert asset.startswith("/") and not asset.startswith("//"), asset
+        assert client.get(asset).status_code == 200, asset
+    assert "http://" not in page.text and "https://" not in page.text
+    assert '"validatorUrl": null' in page.text  # Swagger UI's default validator is another site
+    assert client.get("/redoc").status_code == 404  # ReDoc would load from a CDN
 
 
 def test_full_queue_gets_503_with_retry_after(matter, monkeypatch):

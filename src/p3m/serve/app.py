@@ -41,6 +41,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from PIL import ImageOps
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -220,8 +221,11 @@ def create_app(matter: Union[Matter, Callable[[], Matter]], settings: ServeSetti
         yield
         service.worker.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="p3m", version=__version__, lifespan=lifespan,
-                  description="Privacy-preserving portrait matting (P3M-Net) and verified face anonymization.")
+    # FastAPIOffline: the /docs page's Swagger UI is served from this package, not fetched from a CDN;
+    # without a validator it sends the API's description nowhere else either
+    app = FastAPIOffline(title="p3m", version=__version__, lifespan=lifespan, redoc_url=None,
+                         swagger_ui_parameters={"validatorUrl": None},
+                         description="Privacy-preserving portrait matting (P3M-Net) and verified face anonymization.")
     app.state.service = service
     _install_error_handlers(app)
 

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 import torch
 from skimage.transform import resize
 

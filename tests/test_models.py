@@ -341,3 +341,15 @@ def test_matting_decoder_computes_the_tiles_of_the_region_as_the_whole_maps(tile
     else:  # far from the region nothing is
         assert computed.float().mean() < 0.8
         assert not computed[64:70, 0:16].any()
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_banded_inference_keeps_every_map_on_the_input_device(name):
+    """At a size where the stem and the decoder's last stages run in bands, every map they allocate
+    is on the input's device: the meta device stands in for a GPU here (a map made on the CPU could
+    not be mixed with it)."""
+    network = create_model(name).eval().to("meta")
+    with torch.inference_mode():
+        output = network(torch.empty(1, 3, 1056, 1600, device="meta"))
+    for result in (output.global_logits, output.local_alpha, output.fused_alpha):
+        assert result.device.type == "meta" and result.shape[-2:] == (1056, 1600)

@@ -97,9 +97,10 @@ class ResNet34MaxPoolEncoder(nn.Module):
         """
         n, _, height, width = image.shape
         shape = (n, self.conv1.out_channels, height // 2, width // 2)
-        pooled = image.new_empty(shape).contiguous(memory_format=torch.channels_last)
+        # allocated channels-last (an NCHW tensor made channels-last would be copied whole)
+        pooled = torch.empty(shape, dtype=image.dtype, device=image.device, memory_format=torch.channels_last)
         stem = torch.empty_like(pooled)
-        indices = torch.empty(shape, dtype=torch.int32).contiguous(memory_format=torch.channels_last)
+        indices = torch.empty(shape, dtype=torch.int32, device=image.device, memory_format=torch.channels_last)
         padded = F.pad(image, (0, 0, 3, 3))  # conv1's zero rows; columns are padded by the convolution
         for top in range(0, shape[2], STEM_BAND_ROWS):
             bottom = min(top + STEM_BAND_ROWS, shape[2])

@@ -78,7 +78,8 @@ def main() -> None:
         matter.predict(image)
     work = defaultdict(float)
     for operator, flops in counter.get_flop_counts()["Global"].items():
-        work[family(str(operator)) or "other"] += flops / 1e9
+        if family(str(operator)) is not None:
+            work[family(str(operator))] += flops / 1e9
 
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         started = time.perf_counter()

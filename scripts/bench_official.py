@@ -397,11 +397,11 @@ def main() -> None:
         images = {"resnet34": args.image.resolve()}
         if "vitae-s" in checkpoints:
             images["vitae-s"] = resized_copy(args.image, *args.vitae_size, folder)
+        margins = tuple(int(margin) for margin in args.trimap_margins.split(","))
         for model, method in args.runs:
             alpha = None if args.trimap_alphas is None else args.trimap_alphas / model / f"{args.image.stem}.png"
             if alpha is not None and not alpha.is_file():
                 parser.error(f"{alpha} not found")
-            margins = tuple(int(margin) for margin in args.trimap_margins.split(","))
             outcomes = compare(model, method, checkpoints[model], images[model], official[model].resolve(),
                                args.repeat, args.threads, folder, alpha, margins)
             rows += table_rows(model, method, outcomes, folder)
